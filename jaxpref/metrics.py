@@ -9,7 +9,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxpref.losses._reduce import as_float, as_mask, reduce_losses, sanitize
+from jaxpref.losses._reduce import (
+    as_float,
+    as_mask,
+    check_static_range,
+    reduce_losses,
+    sanitize,
+)
 from jaxpref.types import Array, ArrayLike, Mask
 
 __all__ = [
@@ -182,7 +188,8 @@ def idealized_ranking_accuracy(
     mask = as_mask(where, shape)
     rc, rr = (sanitize(mask, jnp.broadcast_to(x, shape)) for x in (rc, rr))
     alpha = sanitize(mask, jnp.broadcast_to(alpha, shape), fill=0.5)
-    log_odds = jnp.log(alpha) - jnp.log1p(-alpha)  # ±inf at α ∈ {0, 1}, never NaN
+    check_static_range(alpha, "preference_probability", low=0.0, high=1.0)
+    log_odds = jnp.log(alpha) - jnp.log(1.0 - alpha)  # exactly 0 at α = 0.5; ±inf at 0, 1
     score = jnp.where(alpha >= 1.0, jnp.inf, jnp.where(alpha <= 0.0, -jnp.inf, log_odds / beta))
     return _fraction_greater((rc - rr) + score, jnp.zeros(shape, rc.dtype), mask)
 
@@ -220,7 +227,10 @@ def preference_strength(
     d = jax.lax.stop_gradient(as_float(reward_differences, "reward_differences"))
     if where is None:
         return jnp.mean(d, axis=axis), jnp.std(d, axis=axis)
-    mask = jnp.broadcast_to(jnp.asarray(where, bool), d.shape)
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"where must be a boolean mask, got dtype {where.dtype}")
+    mask = jnp.broadcast_to(where, d.shape)
     d = jnp.where(mask, d, 0.0)
     count = jnp.maximum(jnp.sum(mask, axis=axis, dtype=d.dtype), 1)
     mean = jnp.sum(d, axis=axis) / count

@@ -79,7 +79,7 @@ def reduce_losses(
         return losses
     if reduce_fn is jnp.mean or reduce_fn is np.mean:
         if where is None:
-            return jnp.mean(losses)
+            return jnp.mean(losses) if losses.size else jnp.zeros((), losses.dtype)
         count = jnp.sum(where, dtype=losses.dtype)
         return jnp.sum(losses) / jnp.maximum(count, 1)
     if reduce_fn is jnp.sum or reduce_fn is np.sum:

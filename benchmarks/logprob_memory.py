@@ -1,0 +1,139 @@
+"""Compiled memory of a DPO gradient: full logits vs. chunked log-probs from hidden states.
+
+For the gradient of the DPO loss with respect to (final hidden states, unembedding) this
+compiles, without running, two versions of the same step:
+
+* naive: ``logits = hidden @ unembedding`` then :func:`jaxpref.logprobs.sequence_logps`;
+* chunked: :func:`jaxpref.logprobs.sequence_logps_from_hidden` (automatic chunk size);
+
+and prints a markdown table of XLA's compiled temporary memory (``temp_size_in_bytes``: the
+scratch buffers, not arguments or outputs) and the ratio chunked/naive. Chosen and rejected
+responses are stacked on a pair axis: hidden ``[batch, 2, time, d_model]``. The loss is
+``-log_sigmoid(beta * ((pc - rc) - (pr - rr)))`` with reference log-probs as constant inputs.
+
+Usage::
+
+    python benchmarks/logprob_memory.py          # vocab 32k/128k/256k x seq 1k/4k/16k, d 2048
+    python benchmarks/logprob_memory.py --small  # vocab 32k, seq 1k, d_model 256 (quick)
+
+Nothing is allocated: inputs are :class:`jax.ShapeDtypeStruct`, so configurations larger
+than the machine's memory still compile. Numbers are for the default JAX backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+try:
+    from jaxpref.logprobs import sequence_logps, sequence_logps_from_hidden
+except ImportError:  # run as a script from a source checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from jaxpref.logprobs import sequence_logps, sequence_logps_from_hidden
+
+BETA = 0.1
+MIB = 2**20
+
+
+def naive_logps(hidden, unembedding, targets, where):
+    return sequence_logps(hidden @ unembedding, targets, where=where)
+
+
+def chunked_logps(hidden, unembedding, targets, where):
+    return sequence_logps_from_hidden(hidden, unembedding, targets, where=where)
+
+
+def dpo_grad_fn(logps_fn: Callable) -> Callable:
+    """Gradient of the mean DPO loss wrt (hidden, unembedding)."""
+
+    def loss(hidden, unembedding, targets, where, reference_logps):
+        logps = logps_fn(hidden, unembedding, targets, where)  # [batch, 2]
+        pc, pr = logps[:, 0], logps[:, 1]
+        rc, rr = reference_logps[:, 0], reference_logps[:, 1]
+        return jnp.mean(-jax.nn.log_sigmoid(BETA * ((pc - rc) - (pr - rr))))
+
+    return jax.grad(loss, argnums=(0, 1))
+
+
+def compiled_temp_mib(logps_fn: Callable, batch: int, time_: int, d_model: int, vocab: int):
+    """Returns (temp MiB, compile seconds), or the reason it failed as a string."""
+    specs = (
+        jax.ShapeDtypeStruct((batch, 2, time_, d_model), jnp.float32),
+        jax.ShapeDtypeStruct((d_model, vocab), jnp.float32),
+        jax.ShapeDtypeStruct((batch, 2, time_), jnp.int32),
+        jax.ShapeDtypeStruct((batch, 2, time_), jnp.bool_),
+        jax.ShapeDtypeStruct((batch, 2), jnp.float32),
+    )
+    start = time.perf_counter()
+    try:
+        compiled = jax.jit(dpo_grad_fn(logps_fn)).lower(*specs).compile()
+        temp = compiled.memory_analysis().temp_size_in_bytes
+    except Exception as error:  # report the cell as n/a rather than abort the table
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return f"n/a ({reason[:80]})"
+    return temp / MIB, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--small", action="store_true", help="only vocab 32k, seq 1k, d_model 256 (quick)"
+    )
+    args = parser.parse_args()
+    if args.small:
+        d_model, vocabs, seqs = 256, [32768], [1024]
+    else:
+        d_model, vocabs, seqs = 2048, [32768, 131072, 262144], [1024, 4096, 16384]
+    batch = 1
+
+    device = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux: platform.processor() is often empty; the model name is in /proc/cpuinfo
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        ram = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):
+        ram = ""
+    print(f"Command: `python {' '.join(sys.argv)}`")
+    print(f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
+    print(f"jax {jax.__version__}, backend {jax.default_backend()} ({device.device_kind})")
+    print(f"Machine: {cpu}, {os.cpu_count()} CPUs{ram}, {platform.platform()}")
+    print(
+        f"Gradient of the DPO loss wrt (hidden, unembedding); float32; batch {batch} pair "
+        f"(hidden [{batch}, 2, seq, {d_model}]); XLA compiled temp memory (compile only)."
+    )
+    print()
+    print("| vocab | seq | tokens | naive temp (MiB) | chunked temp (MiB) | chunked / naive |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    total_start = time.perf_counter()
+    for vocab in vocabs:
+        for seq in seqs:
+            naive = compiled_temp_mib(naive_logps, batch, seq, d_model, vocab)
+            chunked = compiled_temp_mib(chunked_logps, batch, seq, d_model, vocab)
+            cells = [c if isinstance(c, str) else f"{c[0]:,.1f}" for c in (naive, chunked)]
+            if isinstance(naive, str) or isinstance(chunked, str):
+                ratio = "n/a"
+            else:
+                ratio = f"{chunked[0] / naive[0]:.4f}"
+            tokens = batch * 2 * seq
+            print(f"| {vocab:,} | {seq:,} | {tokens:,} | {cells[0]} | {cells[1]} | {ratio} |")
+            sys.stdout.flush()
+    print()
+    print(f"Total compile time: {time.perf_counter() - total_start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
