@@ -5,6 +5,13 @@ inputs, options, which arguments are differentiable) and run :func:`check_object
 one check at a time from :data:`CHECKS`. Each check raises ``AssertionError`` with a message
 naming the objective and what failed.
 
+Masks are per example by default (``where`` has the batch shape). Listwise and group
+objectives mask list items instead: with ``mask_level="items"``, ``where`` is
+``[*batch, list_size]`` and "masking equals slicing" is checked per list. A list with some
+items masked must give the loss of the same list with those items removed. Masked items
+poisoned with NaN/inf must change nothing and get zero gradient. A list with fewer than
+two valid items must contribute nothing, and an all-masked batch must give 0.
+
 >>> import numpy as np
 >>> from jaxpref import losses
 >>> def make_args(rng, batch_shape, scale):
@@ -25,10 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CHECKS", "ObjectiveCase", "check_objective"]
+__all__ = ["CHECKS", "MASK_LEVELS", "ObjectiveCase", "check_objective"]
+
+#: What ``where`` masks: whole examples, or items of a list (the axis after the batch axes).
+MASK_LEVELS = ("examples", "items")
 
 #: ``make_args(rng, batch_shape, scale) -> tuple of arrays``: every batched argument has
 #: ``batch_shape`` as its leading dims; unbatched (shared) arguments have other shapes.
+#: With ``mask_level="items"`` the per-item arguments are ``[*batch_shape, list_size, ...]``
+#: (the list axis right after the batch axes) and per-list arguments ``[*batch_shape]``.
 #: ``scale`` is the magnitude of log-prob / reward inputs (1e4 for the extremes check).
 MakeArgs = Callable[[np.random.Generator, tuple[int, ...], float], tuple[Any, ...]]
 
@@ -44,8 +56,6 @@ class ObjectiveCase:
       kwargs: keyword options passed on every call.
       grad_argnums: arguments the loss is differentiated with respect to (not the
         stop-gradient ones, such as reference log-probs).
-      batch_ndim: how many leading axes of ``where`` and the batched arguments are example
-        axes in the basic case (1).
       scale: input magnitude for ordinary checks.
       rtol: relative tolerance of value comparisons.
     """
@@ -57,6 +67,11 @@ class ObjectiveCase:
     grad_argnums: tuple[int, ...] = (0,)
     scale: float = 3.0
     rtol: float = 1e-5
+    mask_level: str = "examples"
+
+    def __post_init__(self) -> None:
+        if self.mask_level not in MASK_LEVELS:
+            raise ValueError(f"mask_level must be one of {MASK_LEVELS}, got {self.mask_level!r}")
 
     def __call__(self, *args: Any, **options: Any) -> jax.Array:
         return self.fn(*args, **{**self.kwargs, **options})
@@ -110,12 +125,111 @@ def _mask(batch_shape: tuple[int, ...], seed: int) -> np.ndarray:
     return mask
 
 
+def _list_size(case: ObjectiveCase, args: tuple, batch_shape: tuple[int, ...]) -> int:
+    for a in args:
+        if _is_batched(a, batch_shape) and np.ndim(a) > len(batch_shape):
+            return int(np.shape(a)[len(batch_shape)])
+    raise _fail(case, "mask_level='items' needs an argument of shape [*batch, list_size, ...]")
+
+
+def _item_mask(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Random item mask with, when the batch allows, a full list, an all-masked list, a list
+    with one valid item and a list whose last item is masked (tail padding)."""
+    rng = np.random.default_rng(seed + 1000)
+    mask = rng.random(shape) < 0.7
+    rows = mask.reshape(-1, shape[-1])
+    rows[0] = True
+    rows[-1] = False
+    if rows.shape[0] > 3:
+        rows[1] = False
+        rows[1, shape[-1] // 2] = True
+        rows[2] = True
+        rows[2, -1] = False
+    return mask
+
+
+def _where(case: ObjectiveCase, args: tuple, batch_shape: tuple[int, ...], seed: int):
+    """The ``where`` mask a check uses: per example, or per item for ``mask_level="items"``."""
+    if case.mask_level == "examples":
+        return _mask(batch_shape, seed)
+    return _item_mask((*batch_shape, _list_size(case, args, batch_shape)), seed)
+
+
+def _poison(mask: np.ndarray, arg: Any) -> Any:
+    """Replaces ``arg`` entries where ``mask`` is False by NaN, inf and -inf in turn."""
+    a = np.asarray(arg)
+    values = np.array([np.nan, np.inf, -np.inf])[np.arange(mask.size).reshape(mask.shape) % 3]
+    extra = (1,) * (a.ndim - mask.ndim)
+    keep = mask.reshape(mask.shape + extra)
+    return np.where(keep, a, values.reshape(mask.shape + extra)).astype(a.dtype)
+
+
+def _count_reduce(losses, where=None):
+    """A ``reduce_fn`` returning how many per-example values the objective counts."""
+    return jnp.asarray(losses.size if where is None else jnp.sum(where), jnp.float32)
+
+
+def _check_item_mask_equals_slice(case: ObjectiveCase) -> None:
+    batch = (9,)
+    axis = len(batch)
+    args = _args(case, batch)
+    mask = _where(case, args, batch, 0)
+    per = np.asarray(case(*args, where=mask, reduce_fn=None))
+    if per.shape != batch:
+        raise _fail(case, f"per-list losses must have shape {batch}, got {per.shape}")
+    total, count = 0.0, 0.0
+    for r in range(batch[0]):
+        keep = mask[r]
+        if keep.sum() < 2:
+            if per[r] != 0:
+                raise _fail(case, f"list {r} with {keep.sum()} valid item(s) must give 0: {per[r]}")
+            continue
+        row = tuple(
+            (np.asarray(a)[r : r + 1][:, keep] if np.ndim(a) > axis else np.asarray(a)[r : r + 1])
+            if _is_batched(a, batch)
+            else a
+            for a in args
+        )
+        value = np.asarray(case(*row, reduce_fn=None))
+        _close(case, per[r : r + 1], value, f"list {r} with masked items vs the sliced list")
+        total += float(value[0])
+        count += float(case(*row, reduce_fn=_count_reduce))
+    _close(case, case(*args, where=mask, reduce_fn=jnp.sum), total, "masked sum vs sliced lists")
+    _close(
+        case,
+        case(*args, where=mask),
+        total / max(count, 1.0),
+        "masked mean vs the mean over the sliced lists that count",
+    )
+
+    poisoned = tuple(
+        _poison(mask, a) if _is_batched(a, batch) and np.ndim(a) > axis and _is_float(a) else a
+        for a in args
+    )
+    _close(case, case(*poisoned, where=mask), case(*args, where=mask), "NaN/inf in masked items")
+    inert = ~mask | (mask.sum(-1, keepdims=True) < 2)
+    for i, g in zip(case.grad_argnums, _grad(case, poisoned, where=mask), strict=True):
+        g = np.asarray(g)
+        if not np.all(np.isfinite(g)):
+            raise _fail(case, f"gradient of argument {i} not finite with NaN/inf in masked items")
+        if np.ndim(args[i]) > axis and _is_batched(args[i], batch):
+            at = inert.reshape(inert.shape + (1,) * (g.ndim - inert.ndim))
+            if np.any(np.where(at, g, 0) != 0):
+                raise _fail(
+                    case, f"gradient of argument {i} nonzero at masked items or short lists"
+                )
+
+
 def check_mask_equals_slice(case: ObjectiveCase) -> None:
     """Masked reduction equals the loss of the sliced pairs; masked entries are 0 and inert.
 
     Also poisons masked entries of every float input with NaN/inf and requires identical
-    values and finite gradients that are exactly zero at the masked entries.
+    values and finite gradients that are exactly zero at the masked entries. With
+    ``mask_level="items"`` the comparison is per list (see the module docstring).
     """
+    if case.mask_level == "items":
+        _check_item_mask_equals_slice(case)
+        return
     batch = (9,)
     args = _args(case, batch)
     mask = _mask(batch, 0)
@@ -160,7 +274,7 @@ def check_mask_equals_slice(case: ObjectiveCase) -> None:
 def check_jit(case: ObjectiveCase) -> None:
     """``jax.jit`` gives the same values and gradients as eager execution."""
     args = _args(case, (7,), seed=1)
-    mask = _mask((7,), 1)
+    mask = _where(case, args, (7,), 1)
     for options in ({}, {"where": mask}, {"reduce_fn": None}):
         jitted = jax.jit(lambda *a, o=options: case(*a, **o))
         _close(case, jitted(*args), case(*args, **options), f"jit vs eager with {options}")
@@ -174,11 +288,12 @@ def check_batch_axes(case: ObjectiveCase) -> None:
     """Works under ``vmap`` and with extra leading batch axes, agreeing with flat calls."""
     shape = (3, 4)
     args = _args(case, shape, seed=2)
-    mask = _mask(shape, 2)
+    mask = _where(case, args, shape, 2)
     flat = tuple(
         np.reshape(a, (12, *np.shape(a)[2:])) if _is_batched(a, shape) else a for a in args
     )
-    per_flat = np.asarray(case(*flat, where=mask.reshape(12), reduce_fn=None))
+    flat_mask = mask.reshape((12, *mask.shape[2:]))
+    per_flat = np.asarray(case(*flat, where=flat_mask, reduce_fn=None))
     _close(
         case,
         case(*args, where=mask, reduce_fn=None),
@@ -188,7 +303,7 @@ def check_batch_axes(case: ObjectiveCase) -> None:
     _close(
         case,
         case(*args, where=mask),
-        case(*flat, where=mask.reshape(12)),
+        case(*flat, where=flat_mask),
         "mean with leading axes vs flattened",
     )
     in_axes = tuple(0 if _is_batched(a, shape) else None for a in args)
@@ -217,7 +332,7 @@ def check_gradients(case: ObjectiveCase) -> None:
         args = tuple(
             np.asarray(a, np.float64) if _is_float(a) else a for a in _args(case, (5,), seed=3)
         )
-        mask = _mask((5,), 3)
+        mask = _where(case, args, (5,), 3)
 
         def loss(*diff):
             full = list(args)
@@ -252,7 +367,7 @@ def check_extremes(case: ObjectiveCase) -> None:
 def check_fully_masked(case: ObjectiveCase) -> None:
     """An all-masked batch gives exactly 0 and zero (finite) gradients."""
     args = _args(case, (6,), seed=4)
-    mask = np.zeros((6,), bool)
+    mask = np.zeros_like(_where(case, args, (6,), 4))
     for reduce_fn in (jnp.mean, jnp.sum, None):
         value = np.asarray(case(*args, where=mask, reduce_fn=reduce_fn))
         if not np.all(value == 0):

@@ -34,3 +34,13 @@ def test_readme_states_the_two_commands_and_ci_runs_the_same_test_command():
     assert "python -m pytest -q" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q" in ci
+
+
+def test_readme_game_example_reaches_the_nash_equilibrium(capsys):
+    block = next(b for b in _python_blocks(README.read_text()) if "run_egpo" in b)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    run = namespace["run"]
+    assert float(run.gaps[-1]) < 1e-6
+    assert float(run.gaps[0]) > 1e-3  # it started away from the equilibrium
+    assert capsys.readouterr().out.strip()
