@@ -1,4 +1,4 @@
-"""Reward-model recipes of "Secrets of RLHF Part II" built on the Bradley-Terry loss.
+"""Reward-model losses: Bradley-Terry and the recipes of "Secrets of RLHF Part II".
 
 The recipes use the ensemble *preference strength* ``μ̂`` of each pair (see
 :func:`jaxpref.metrics.preference_strength`): a low or negative ``μ̂`` flags pairs whose label
@@ -21,9 +21,62 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxpref.losses._reduce import as_float, as_mask, check_static_range, sanitize
-from jaxpref.losses.pairwise import bradley_terry
+from jaxpref.losses._reduce import as_float, as_mask, check_static_range, reduce_losses, sanitize
+from jaxpref.losses.pairwise import ReduceArg, sigmoid_cross_entropy
 from jaxpref.types import Array, ArrayLike, Mask
+
+
+def bradley_terry(
+    chosen_rewards: ArrayLike,
+    rejected_rewards: ArrayLike,
+    *,
+    margin: ArrayLike = 0.0,
+    label_smoothing: ArrayLike = 0.0,
+    where: Mask = None,
+    reduce_fn: ReduceArg = jnp.mean,
+) -> Array:
+    """Bradley-Terry reward-model loss with the Llama-2 margin and optional label smoothing.
+
+    .. math::
+        L = -(1-\\alpha)\\log\\sigma(r_c - r_r - m) - \\alpha\\log\\sigma(-(r_c - r_r - m))
+
+    ``m`` is a scalar or per-pair margin inside the log-sigmoid (Llama 2, Eq. 2; also the
+    adaptive margin of "Secrets of RLHF Part II" when ``m`` is the ensemble preference
+    strength). ``α`` is label smoothing (Secrets II, Eq. 5), scalar or per pair. Margins and
+    smoothing are constants (stop-gradient).
+
+    Args:
+      chosen_rewards: ``[...]`` rewards of the chosen responses.
+      rejected_rewards: ``[...]`` rewards of the rejected responses.
+      margin: scalar or ``[...]`` margin ``m``.
+      label_smoothing: scalar or ``[...]`` smoothing ``α`` in ``[0, 1]``.
+      where: ``[...]`` boolean pair mask.
+      reduce_fn: ``jnp.mean`` by default; ``None`` gives per-pair losses.
+
+    Returns:
+      The reduced loss, or ``[...]`` per-pair losses.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(bradley_terry(jnp.array([1.0]), jnp.array([1.0]))), 4)
+    0.6931
+
+    References:
+      Bradley & Terry, Rank Analysis of Incomplete Block Designs, 1952.
+      Touvron et al., Llama 2: Open Foundation and Fine-Tuned Chat Models, 2023,
+      arXiv:2307.09288.
+      Wang et al., Secrets of RLHF in Large Language Models Part II: Reward Modeling, 2024,
+      arXiv:2401.06080.
+    """
+    rc = as_float(chosen_rewards, "chosen_rewards")
+    rr = as_float(rejected_rewards, "rejected_rewards")
+    m = jax.lax.stop_gradient(as_float(margin, "margin"))
+    alpha = jax.lax.stop_gradient(as_float(label_smoothing, "label_smoothing"))
+    shape = jnp.broadcast_shapes(rc.shape, rr.shape, m.shape, alpha.shape)
+    mask = as_mask(where, shape)
+    rc, rr, m, alpha = (sanitize(mask, jnp.broadcast_to(a, shape)) for a in (rc, rr, m, alpha))
+    check_static_range(alpha, "label_smoothing", low=0.0, high=1.0)
+    losses = sigmoid_cross_entropy(rc - rr - m, alpha)
+    return reduce_losses(losses, where=mask, reduce_fn=reduce_fn)
 
 
 def flip_low_strength(

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxpref import testing
+from jaxpref import losses, testing
 from jaxpref.losses import pairwise
 from jaxpref.losses.game import (
     egpo,
@@ -178,7 +178,7 @@ def test_no_scalar_reward_fits_a_three_cycle():
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_bradley_terry_fit_to_a_three_cycle_is_at_most_two_thirds(seed):
     def loss(r):
-        return pairwise.bradley_terry(r[CYCLE_WINNERS], r[CYCLE_LOSERS])
+        return losses.bradley_terry(r[CYCLE_WINNERS], r[CYCLE_LOSERS])
 
     rewards = fit(loss, jax.random.normal(jax.random.key(seed), (3,)), steps=300)
     assert bt_accuracy(rewards) <= 2 / 3
