@@ -173,11 +173,12 @@ def _call(objective: Objective, available: Mapping[str, Any], where: Array | Non
     return fn(*(available[n] for n in names), where=where, **objective.options)
 
 
-def _reference(batch: Batch, reference_logps: Array | None, shape: tuple[int, ...]) -> Array | None:
-    if reference_logps is not None:
-        return jax.lax.stop_gradient(reference_logps)
+def _reference(batch: Batch, reference_logps: Array | None) -> Array | None:
+    """Precomputed ``reference_logps`` in the batch take precedence over a reference model."""
     if "reference_logps" in batch:
         return jax.lax.stop_gradient(jnp.asarray(batch["reference_logps"], jnp.float32))
+    if reference_logps is not None:
+        return jax.lax.stop_gradient(reference_logps)
     return None
 
 
@@ -194,8 +195,8 @@ def objective_loss(
     Args:
       objective: the objective and its options.
       policy_logps: ``[B, 2]`` (pairwise), ``[B, K]`` (listwise) or ``[B]`` (unpaired/SFT).
-      reference_logps: same shape, from a frozen reference forward pass, or None to use the
-        batch's precomputed ``reference_logps``.
+      reference_logps: same shape, from a frozen reference forward pass; precomputed
+        ``reference_logps`` in the batch take precedence.
       batch: the batch (masks and per-example values).
       rewards: ``[B, 2]`` reward-head outputs, for the ``reward`` family.
 
@@ -204,7 +205,7 @@ def objective_loss(
     """
     family = objective.family
     example_mask = jnp.asarray(batch.get("example_mask", jnp.ones(policy_logps.shape[0], bool)))
-    ref = _reference(batch, reference_logps, policy_logps.shape)
+    ref = _reference(batch, reference_logps)
     if objective.needs_reference and family != "reward" and ref is None:
         raise ValueError(
             f"objective {objective.name!r} needs reference log-probs: give the step a reference "

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxpref.train.guards import all_finite
 from jaxpref.train.objectives import Objective, objective_loss, response_logps
 
 Array = jax.Array
@@ -91,11 +92,6 @@ def _tokens(batch: Batch) -> Array:
     return jnp.sum(jnp.asarray(batch["loss_mask"], jnp.int32))
 
 
-def _all_finite(*trees: Any) -> Array:
-    leaves = [x for t in trees for x in jax.tree.leaves(t)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
 def make_loss_fn(
     model_def: ModelDef,
     objective: Objective,
@@ -125,7 +121,7 @@ def make_loss_fn(
             model, batch, average=objective.average_logps, chunked=chunked, logps_fn=logps_fn
         )
         ref_logps = None
-        if reference is not None and objective.needs_reference:
+        if reference is not None and objective.needs_reference and "reference_logps" not in batch:
             ref_model, _ = model_def.merge(reference)
             ref_logps, _ = response_logps(
                 ref_model,
@@ -199,7 +195,7 @@ def make_train_step(
             loss, aux, grads = jax.tree.map(lambda x: x * scale, (loss, aux, grads))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = _all_finite(loss, grads)
+        finite = all_finite((loss, grads))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = state._replace(
             step=state.step + finite.astype(jnp.int32),
