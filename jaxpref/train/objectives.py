@@ -189,6 +189,8 @@ def objective_loss(
     batch: Batch,
     *,
     rewards: Array | None = None,
+    embeddings: Array | None = None,
+    prompt_weights: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """The objective's loss and its metrics from per-response log-probs (or rewards).
 
@@ -199,6 +201,8 @@ def objective_loss(
         ``reference_logps`` in the batch take precedence.
       batch: the batch (masks and per-example values).
       rewards: ``[B, 2]`` reward-head outputs, for the ``reward`` family.
+      embeddings: ``[B, 2, 2k]`` GPM-head embeddings, for general preference models.
+      prompt_weights: ``[B, k]`` GPM prompt-dependent block weights, or None.
 
     Returns:
       ``(loss, metrics)``: scalar loss and a dict of scalar metrics (detached).
@@ -279,14 +283,28 @@ def objective_loss(
         }
         loss = _call(objective, available, example_mask)
         out["kl"] = z0
+    elif family == "reward" and embeddings is not None:
+        available = {
+            "chosen_embedding": embeddings[:, 0],
+            "rejected_embedding": embeddings[:, 1],
+        }
+        if prompt_weights is not None:
+            objective = dataclasses.replace(
+                objective, options={**objective.options, "prompt_weights": prompt_weights}
+            )
+        loss = _call(objective, available, example_mask)
+        score = losses.general_preference_score(
+            embeddings[:, 0], embeddings[:, 1], prompt_weights=prompt_weights
+        )
+        out["accuracy"] = _masked_mean((score > 0).astype(jnp.float32), example_mask)
+        out["score/mean"] = _masked_mean(score, example_mask)
     elif family == "reward":
         if rewards is None:
             raise ValueError(f"objective {objective.name!r} needs a reward head")
         available = {"chosen_rewards": rewards[:, 0], "rejected_rewards": rewards[:, 1]}
         if "margin" in batch and "margin" not in objective.options:
             margin = jnp.nan_to_num(batch["margin"], nan=0.0)
-            fn = losses.get(objective.name)
-            if "margin" in _keyword_options(fn):
+            if "margin" in _keyword_options(losses.get(objective.name)):
                 objective = dataclasses.replace(
                     objective, options={**objective.options, "margin": margin}
                 )

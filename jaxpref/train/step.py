@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxpref.models import heads as models_heads
 from jaxpref.train.guards import all_finite
 from jaxpref.train.objectives import Objective, objective_loss, response_logps
 
@@ -107,16 +108,8 @@ def make_loss_fn(
         model, head = model_def.merge(params)
         if family == "reward":
             if head is None:
-                raise ValueError(f"objective {objective.name!r} needs a reward head")
-            ids = batch["input_ids"]
-            flat = lambda x: x.reshape((-1, x.shape[-1]))
-            hidden = model.hidden_states(
-                flat(ids),
-                attention_mask=flat(batch["attention_mask"]),
-                positions=flat(batch["positions"]),
-            )
-            rewards = head(hidden, flat(batch["attention_mask"])).reshape(ids.shape[:-1])
-            return objective_loss(objective, rewards, None, batch, rewards=rewards)
+                raise ValueError(f"objective {objective.name!r} needs a reward (or GPM) head")
+            return _reward_loss(model, head, objective, batch)
         logps, _ = response_logps(
             model, batch, average=objective.average_logps, chunked=chunked, logps_fn=logps_fn
         )
@@ -134,6 +127,42 @@ def make_loss_fn(
         return objective_loss(objective, logps, ref_logps, batch)
 
     return loss_fn
+
+
+def _prompt_mask(batch: Batch) -> Array:
+    """True at prompt tokens: real inputs before the first response token."""
+    # loss_mask[t] marks target t, i.e. input token t + 1, as a response token.
+    response_inputs = jnp.pad(
+        batch["loss_mask"][..., :-1], [(0, 0)] * (batch["loss_mask"].ndim - 1) + [(1, 0)]
+    )
+    seen_response = jnp.cumsum(response_inputs, axis=-1) > 0
+    return batch["attention_mask"] & ~seen_response
+
+
+def _reward_loss(model: Any, head: Any, objective: Objective, batch: Batch):
+    """Reward (scalar head) or general-preference (GPM embedding head) model losses."""
+    ids = batch["input_ids"]
+    lead = ids.shape[:-1]
+
+    def flat(x: Array) -> Array:
+        return x.reshape((-1, x.shape[-1]))
+
+    attention = flat(batch["attention_mask"])
+    hidden = model.hidden_states(
+        flat(ids), attention_mask=attention, positions=flat(batch["positions"])
+    )
+    if isinstance(head, models_heads.GPMHead):
+        prompt_mask = flat(_prompt_mask(batch)) if head.prompt_kernel is not None else None
+        out = head(hidden, attention, prompt_mask=prompt_mask)
+        embeddings = out.embedding.reshape((*lead, -1))
+        weights = None
+        if out.prompt_weights is not None:
+            weights = out.prompt_weights.reshape((*lead, -1))[:, 0]  # same prompt: chosen's
+        return objective_loss(
+            objective, embeddings, None, batch, embeddings=embeddings, prompt_weights=weights
+        )
+    rewards = head(hidden, attention).reshape(lead)
+    return objective_loss(objective, rewards, None, batch, rewards=rewards)
 
 
 def _split_micro(batch: Batch, steps: int) -> Batch:
@@ -204,7 +233,7 @@ def make_train_step(
         )
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "tokens": _tokens(batch),
             "finite": finite.astype(jnp.float32),
             **aux,
