@@ -48,6 +48,7 @@ from jaxpref.train.step import init_state as init_state
 from jaxpref.train.step import make_loss_fn as make_loss_fn
 from jaxpref.train.step import make_train_step as make_train_step
 from jaxpref.train.step import split_model as split_model
+from jaxpref.train.step import start_next_round as start_next_round
 from jaxpref.train.synthetic import synthetic_pairs as synthetic_pairs
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "response_logps",
     "sharded_logps_fn",
     "split_model",
+    "start_next_round",
     "synthetic_pairs",
     "train",
     "write_summary",

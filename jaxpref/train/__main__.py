@@ -19,6 +19,7 @@ from flax import nnx
 from jaxpref import models
 from jaxpref.train.config import TrainConfig, apply_overrides
 from jaxpref.train.loop import train
+from jaxpref.train.mesh import maybe_initialize_distributed
 from jaxpref.train.synthetic import synthetic_pairs
 
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    maybe_initialize_distributed()  # multi-host launches only; a no-op on one machine
     config = apply_overrides(DemoConfig(), args.overrides)
     model = models.Transformer(
         models.TransformerConfig.tiny(vocab_size=config.vocab_size),

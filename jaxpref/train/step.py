@@ -129,6 +129,15 @@ def make_loss_fn(
     return loss_fn
 
 
+def start_next_round(state: TrainState) -> TrainState:
+    """Iterative rounds: the trained policy becomes the frozen reference of the next round.
+
+    The step counter and optimizer state carry on; reset them by building a fresh state with
+    :func:`init_state` and ``reference=state.params`` if a round should start from scratch.
+    """
+    return state._replace(reference=jax.tree.map(jnp.copy, state.params))
+
+
 def _prompt_mask(batch: Batch) -> Array:
     """True at prompt tokens: real inputs before the first response token."""
     # loss_mask[t] marks target t, i.e. input token t + 1, as a response token.

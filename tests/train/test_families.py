@@ -160,3 +160,30 @@ def test_unknown_option_and_on_policy_family_are_rejected():
         Objective("online_ipo").validate()
     with pytest.raises(KeyError, match="known objectives"):
         Objective("dpoo").validate()
+
+
+def test_next_round_makes_the_policy_the_reference():
+    from jaxpref.train.step import start_next_round
+
+    history, state = run(Objective("dpo", {"beta": 0.5}), pair_batch(), steps=10)
+    assert history[-1]["loss"] < 0.6
+    model_def, _ = split_model(models.Transformer(CONFIG, rngs=nnx.Rngs(0)))
+    state = start_next_round(state)
+    step = jax.jit(make_train_step(model_def, Objective("dpo", {"beta": 0.5}), optax.sgd(0.0)))
+    _, metrics = step(state._replace(opt_state=optax.sgd(0.0).init(state.params)), pair_batch())
+    np.testing.assert_allclose(metrics["loss"], np.log(2.0), rtol=1e-5)  # h = 0 again
+
+
+def test_bfloat16_compute_keeps_float32_master_weights():
+    config = CONFIG.replace(dtype=jnp.bfloat16)
+    model = models.Transformer(config, rngs=nnx.Rngs(0))
+    model_def, params = split_model(model)
+    optimizer = optax.adam(3e-3)
+    state = init_state(params, optimizer, reference=jax.tree.map(jnp.copy, params))
+    step = jax.jit(make_train_step(model_def, Objective("dpo", {"beta": 0.5}), optimizer))
+    losses = []
+    for _ in range(15):
+        state, metrics = step(state, pair_batch())
+        losses.append(float(metrics["loss"]))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
