@@ -1,0 +1,101 @@
+"""What every experiment script shares: the command line, the workdir and its reports.
+
+Each script in ``experiments/`` defines a frozen config dataclass (with a ``small()``
+classmethod for the test suite) and a ``run(config, workdir) -> dict`` returning its
+headline numbers, then calls :func:`main`. The command line is the same for all of them::
+
+    python experiments/NAME.py --workdir DIR [--small] [--set key=value ...]
+
+and every run leaves in its workdir: ``config.json``, ``results.json`` (the headline numbers
+plus ``seconds``), ``summary.md`` (a table and the plots, readable on its own) and the PNG
+plots the script made (:func:`save_plot`). Training runs add ``metrics.jsonl``, TensorBoard
+events and checkpoints through :func:`jaxpref.train.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from jaxpref.train.config import apply_overrides, to_dict
+from jaxpref.train.mesh import maybe_initialize_distributed
+
+
+def save_plot(figure: Any, workdir: str | pathlib.Path, name: str) -> pathlib.Path:
+    """Saves a matplotlib figure as ``workdir/name.png`` and closes it."""
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(workdir) / f"{name}.png"
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A markdown table of ``rows`` (floats to 4 significant digits)."""
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+
+    def fmt(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(
+    workdir: str | pathlib.Path,
+    *,
+    title: str,
+    results: Mapping[str, Any],
+    body: str = "",
+    plots: Sequence[str] = (),
+) -> None:
+    """Writes ``results.json`` and ``summary.md`` (title, body, the listed PNG plots)."""
+    workdir = pathlib.Path(workdir)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    parts = [f"# {title}", "", body.strip(), ""]
+    parts += [f"![{name}]({name}.png)\n" for name in plots]
+    (workdir / "summary.md").write_text("\n".join(parts).strip() + "\n")
+
+
+def main(
+    default_config: Any,
+    run: Callable[[Any, pathlib.Path], Mapping[str, Any]],
+    *,
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """Parses ``--workdir/--small/--set``, runs the experiment, adds ``seconds``.
+
+    ``default_config`` is a dataclass instance whose type has a ``small()`` classmethod.
+    ``run`` must write its reports (e.g. with :func:`write_report`) and return the results;
+    ``results.json`` is rewritten here with ``seconds`` added.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workdir", required=True, type=pathlib.Path)
+    parser.add_argument("--small", action="store_true", help="the test-suite size")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    maybe_initialize_distributed()
+    config = type(default_config).small() if args.small else default_config
+    config = apply_overrides(config, args.overrides)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    start = time.perf_counter()
+    results = dict(run(config, args.workdir))
+    results["seconds"] = round(time.perf_counter() - start, 2)
+    path = args.workdir / "results.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored.update(results)
+    path.write_text(json.dumps(stored, indent=2, default=float) + "\n")
+    print(json.dumps(stored, indent=2, default=float))
+    return stored
