@@ -38,6 +38,11 @@ from jaxpref.train.metric_logging import write_summary as write_summary
 from jaxpref.train.objectives import Objective as Objective
 from jaxpref.train.objectives import objective_loss as objective_loss
 from jaxpref.train.objectives import response_logps as response_logps
+from jaxpref.train.onpolicy import ADVANTAGES as ADVANTAGES
+from jaxpref.train.onpolicy import ONPOLICY_FAMILIES as ONPOLICY_FAMILIES
+from jaxpref.train.onpolicy import Rollout as Rollout
+from jaxpref.train.onpolicy import bradley_terry_preference_fn as bradley_terry_preference_fn
+from jaxpref.train.onpolicy import make_onpolicy_step as make_onpolicy_step
 from jaxpref.train.sharded import jit_step as jit_step
 from jaxpref.train.sharded import place_batch as place_batch
 from jaxpref.train.sharded import place_state as place_state
@@ -49,11 +54,20 @@ from jaxpref.train.step import make_loss_fn as make_loss_fn
 from jaxpref.train.step import make_train_step as make_train_step
 from jaxpref.train.step import split_model as split_model
 from jaxpref.train.step import start_next_round as start_next_round
+from jaxpref.train.sweep import init_sweep_state as init_sweep_state
+from jaxpref.train.sweep import make_sweep_step as make_sweep_step
+from jaxpref.train.sweep import member_labels as member_labels
+from jaxpref.train.sweep import member_metrics as member_metrics
+from jaxpref.train.sweep import stack_states as stack_states
+from jaxpref.train.sweep import sweep_objectives as sweep_objectives
+from jaxpref.train.sweep import unstack_state as unstack_state
 from jaxpref.train.synthetic import synthetic_pairs as synthetic_pairs
 
 __all__ = [
+    "ADVANTAGES",
     "BATCH_AXES",
     "MESH_AXES",
+    "ONPOLICY_FAMILIES",
     "Checkpointer",
     "ConfigMismatchError",
     "MetricLogger",
@@ -62,22 +76,29 @@ __all__ = [
     "Objective",
     "ProgressBar",
     "Restored",
+    "Rollout",
     "RunResult",
     "TrainConfig",
     "TrainState",
     "all_finite",
     "apply_overrides",
     "batch_sharding",
+    "bradley_terry_preference_fn",
     "check_finite",
     "global_batch_from_process_local",
     "init_state",
+    "init_sweep_state",
     "jit_step",
     "learning_rate_schedule",
     "make_loss_fn",
     "make_mesh",
+    "make_onpolicy_step",
     "make_optimizer",
+    "make_sweep_step",
     "make_train_step",
     "maybe_initialize_distributed",
+    "member_labels",
+    "member_metrics",
     "objective_loss",
     "params_sha256",
     "place_batch",
@@ -86,8 +107,11 @@ __all__ = [
     "response_logps",
     "sharded_logps_fn",
     "split_model",
+    "stack_states",
     "start_next_round",
+    "sweep_objectives",
     "synthetic_pairs",
     "train",
+    "unstack_state",
     "write_summary",
 ]

@@ -54,6 +54,7 @@ import optax
 from jaxpref import losses
 from jaxpref.logprobs import sequence_logps_from_hidden, token_logps
 from jaxpref.models import generate
+from jaxpref.train.guards import all_finite
 from jaxpref.train.objectives import Objective
 from jaxpref.train.step import ModelDef, TrainState
 
@@ -74,7 +75,6 @@ _NOT_IMPLEMENTED = {
     "nash_md": "sampling from the geometric mixture of policy and reference",
     "nash_md_pg": "sampling from the geometric mixture of policy and reference",
     "gpo": "a GPM score table s(y_i ≻ y_j) instead of P(y_i ≻ y_j)",
-    "gpm": "nothing on-policy: it trains a preference model on labelled pairs",
 }
 _BATCH_KEYS = ("prompt_ids", "prompt_mask", "example_mask")
 _STEP_ARGS = ("where", "reduce_fn", "token_where")
@@ -241,19 +241,20 @@ def _objective_loss(
     mask, valid = data.rollout.mask, data.valid
     old = jax.lax.stop_gradient(logps) if data.old is None else data.old
     if objective.family == "group":
+        where = valid.reshape(-1)
         loss = fn(
             logps,
             data.old,
             data.ref,
             data.target.reshape(-1),
             token_where=mask,
-            where=valid.reshape(-1),
+            where=where,
             **objective.options,
         )
         keep = ("epsilon", "epsilon_high", "log_ratio_limit")
         opts = {k: v for k, v in objective.options.items() if k in keep}
         stats = losses.surrogate_metrics(
-            logps, old, data.ref, data.target.reshape(-1), token_where=mask, **opts
+            logps, old, data.ref, data.target.reshape(-1), token_where=mask, where=where, **opts
         )
         return loss, {k: stats[k] for k in ("clip_fraction", "ratio_mean")}
     group = valid.shape[-1]
@@ -360,7 +361,7 @@ def make_onpolicy_step(
       state unchanged (rng included) with ``finite = 0``; otherwise ``state.rng`` advances.
 
     Raises:
-      NotImplementedError: for ``nash_md``, ``nash_md_pg``, ``gpo``, ``gpm``.
+      NotImplementedError: for ``nash_md``, ``nash_md_pg``, ``gpo``.
       ValueError: for offline objectives, unknown options, missing or unused scorers.
     """
     _validate(objective)
@@ -409,8 +410,10 @@ def make_onpolicy_step(
         lp = logps_of(params, data.rollout)
         loss, aux = _objective_loss(objective, lp, data)
         if data.ref is not None:
-            zeros = jnp.zeros(lp.shape[:1])
-            kl = losses.surrogate_metrics(lp, None, data.ref, zeros, token_where=data.rollout.mask)
+            zeros, where = jnp.zeros(lp.shape[:1]), data.valid.reshape(-1)
+            kl = losses.surrogate_metrics(
+                lp, None, data.ref, zeros, token_where=data.rollout.mask, where=where
+            )
             aux["kl"] = kl["kl"]
         return loss, jax.tree.map(jax.lax.stop_gradient, aux)
 
@@ -501,22 +504,20 @@ def make_onpolicy_step(
             (loss, aux), grads = grad_fn(params, data)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             out = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-            finite = jnp.all(
-                jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((loss, grads))])
-            )
+            finite = all_finite((loss, grads))
             return (optax.apply_updates(params, updates), opt_state), (out, finite)
 
         (params, opt_state), (stats, finite) = jax.lax.scan(
             update, (state.params, state.opt_state), length=num_iterations
         )
         finite = jnp.all(finite)
-        new = state._replace(
-            step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            rng=jax.random.key_data(next_key),
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state._replace(
+            step=state.step + finite.astype(jnp.int32),
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            rng=keep(jax.random.key_data(next_key), state.rng),
         )
-        new_state = jax.tree.map(lambda x, y: jnp.where(finite, x, y), new, state)
         metrics.update({k: jnp.mean(v) for k, v in stats.items()})
         metrics["finite"] = finite.astype(jnp.float32)
         if learning_rate_fn is not None:
