@@ -187,3 +187,21 @@ def test_bfloat16_compute_keeps_float32_master_weights():
         losses.append(float(metrics["loss"]))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_tr_dpo_reference_refresh_mixes_policy_into_reference():
+    from jaxpref.train.loop import _refresh_reference
+
+    _, state = run(Objective("dpo", {"beta": 0.5}), pair_batch(), steps=5)
+    before = state.reference
+    mixed = _refresh_reference(0.25)(state)
+    for p, r0, r1 in zip(
+        jax.tree.leaves(state.params),
+        jax.tree.leaves(before),
+        jax.tree.leaves(mixed.reference),
+        strict=True,
+    ):
+        np.testing.assert_allclose(r1, 0.25 * np.asarray(p) + 0.75 * np.asarray(r0), atol=1e-6)
+    hard = _refresh_reference(1.0)(state)
+    for p, r in zip(jax.tree.leaves(state.params), jax.tree.leaves(hard.reference), strict=True):
+        np.testing.assert_array_equal(p, r)
