@@ -144,25 +144,44 @@ def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
     ... # doctest: +ELLIPSIS
     TrainConfig(objective='dpo', objective_options={'beta': 0.5}, learning_rate=0.0003, ...)
     """
+    parsed = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        config = _set(config, key.strip().split("."), _parse_value(text.strip()), key)
-    return config
+        parsed.append((key.strip(), key.strip().split("."), _parse_value(text.strip())))
+    return _apply(config, parsed)
 
 
-def _set(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
-    head, rest = path[0], path[1:]
+def _apply(obj: Any, items: list[tuple[str, list[str], Any]]) -> Any:
+    """Applies all overrides of one level at once, so cross-field checks see the final values."""
+    groups: dict[str, list[tuple[str, list[str], Any]]] = {}
+    direct: dict[str, Any] = {}
+    for full_key, path, value in items:
+        if len(path) == 1:
+            direct[path[0]] = (full_key, value)
+        else:
+            groups.setdefault(path[0], []).append((full_key, path[1:], value))
     if dataclasses.is_dataclass(obj):
         names = [f.name for f in dataclasses.fields(obj)]
-        if head not in names:
-            raise ValueError(f"unknown config key {full_key!r}; valid keys here: {names}")
-        current = getattr(obj, head)
-        new = _set(current, rest, value, full_key) if rest else value
-        return dataclasses.replace(obj, **{head: new})
+        for head, (full_key, _) in {
+            **direct,
+            **{h: (g[0][0], None) for h, g in groups.items()},
+        }.items():
+            if head not in names:
+                raise ValueError(f"unknown config key {full_key!r}; valid keys here: {names}")
+        changes = {head: value for head, (_, value) in direct.items()}
+        for head, sub in groups.items():
+            changes[head] = _apply(changes.get(head, getattr(obj, head)), sub)
+        return dataclasses.replace(obj, **changes)
     if isinstance(obj, Mapping):
-        new_dict = dict(obj)
-        new_dict[head] = _set(obj[head], rest, value, full_key) if rest else value
-        return new_dict
+        new = dict(obj)
+        for head, (_, value) in direct.items():
+            new[head] = value
+        for head, sub in groups.items():
+            if head not in new:
+                raise ValueError(f"unknown config key {sub[0][0]!r}; valid keys: {sorted(new)}")
+            new[head] = _apply(new[head], sub)
+        return new
+    full_key = items[0][0]
     raise ValueError(f"config key {full_key!r} goes into a {type(obj).__name__}, not a config")
