@@ -38,7 +38,7 @@ def test_literals_nested_dicts_and_strings():
 
 
 def test_unknown_keys_are_named():
-    with pytest.raises(ValueError, match="unknown config key 'train.lr'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'train\.lr'"):
         apply_overrides(Outer(), ["train.lr=1"])
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(Outer(), ["train.batch_size"])
