@@ -7,6 +7,9 @@ Module and parameter names follow Hugging Face's Llama-family modules (``embed_t
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -112,6 +115,24 @@ class Block(nnx.Module):
 
 def _block_forward(block: Block, x: jax.Array, positions: jax.Array, mask: jax.Array):
     return block(x, positions=positions, mask=mask)[0]
+
+
+def _remat_block_forward(
+    block: Block, x: jax.Array, positions: jax.Array, mask: jax.Array, *, policy: Any
+) -> jax.Array:
+    """``jax.checkpoint`` over a pure function of the block's state.
+
+    ``nnx.remat`` mutates module state from inside its own trace, which fails when the whole
+    forward runs under an outer ``jax.value_and_grad`` of split parameters (the training
+    engine's functional style); splitting the block and checkpointing a pure function works
+    in both styles.
+    """
+    graph, state = nnx.split(block)
+
+    def pure(state: Any, x: jax.Array) -> jax.Array:
+        return _block_forward(nnx.merge(graph, state), x, positions, mask)
+
+    return jax.checkpoint(pure, policy=policy, prevent_cse=True)(state, x)
 
 
 class Transformer(nnx.Module):
@@ -229,7 +250,7 @@ class Transformer(nnx.Module):
         forward = (
             _block_forward
             if policy == "none"
-            else nnx.remat(_block_forward, policy=REMAT_POLICIES[policy], prevent_cse=True)
+            else functools.partial(_remat_block_forward, policy=REMAT_POLICIES[policy])
         )
         x = self.embed_tokens(input_ids)
         for block, window in zip(self.layers, self.config.layer_windows, strict=True):

@@ -205,3 +205,22 @@ def test_tr_dpo_reference_refresh_mixes_policy_into_reference():
     hard = _refresh_reference(1.0)(state)
     for p, r in zip(jax.tree.leaves(state.params), jax.tree.leaves(hard.reference), strict=True):
         np.testing.assert_array_equal(p, r)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_rematerialised_model_trains_through_the_engine(remat):
+    """Regression: nnx.remat used to fail under the engine's functional value_and_grad."""
+    batch = pair_batch()
+    results = []
+    for policy in ("none", remat):
+        model = models.Transformer(CONFIG.replace(remat=policy), rngs=nnx.Rngs(0))
+        model_def, params = split_model(model)
+        optimizer = optax.sgd(0.1)
+        state = init_state(params, optimizer, reference=jax.tree.map(jnp.copy, params))
+        step = jax.jit(make_train_step(model_def, Objective("dpo", {"beta": 0.5}), optimizer))
+        state, metrics = step(state, batch)
+        state, metrics = step(state, batch)
+        results.append((float(metrics["loss"]), jax.tree.leaves(state.params)))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    for a, b in zip(results[1][1], results[0][1], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
