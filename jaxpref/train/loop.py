@@ -27,7 +27,7 @@ from jaxpref.data.batching import length_buckets
 from jaxpref.data.iterator import BatchIterator
 from jaxpref.data.tokenize import TokenizedExample
 from jaxpref.train import sharded
-from jaxpref.train.checkpointing import Checkpointer
+from jaxpref.train.checkpointing import Checkpointer, ConfigMismatchError
 from jaxpref.train.config import TrainConfig, make_optimizer, to_dict
 from jaxpref.train.guards import check_finite
 from jaxpref.train.hashing import params_sha256
@@ -37,6 +37,9 @@ from jaxpref.train.objectives import Objective
 from jaxpref.train.step import TrainState, init_state, make_train_step, split_model
 
 log = logging.getLogger(__name__)
+
+#: Config fields a resumed run may change (everything else must match the checkpoint).
+RESUMABLE_CHANGES = ("num_steps", "checkpoint_every", "keep_checkpoints")
 
 #: Metrics the NaN guard checks every step (others, e.g. empty-batch accuracies, may be NaN).
 GUARDED = ("loss", "grad_norm", "finite")
@@ -49,6 +52,11 @@ class RunResult:
     state: TrainState
     summary: dict[str, Any]
     model_def: Any
+
+    @property
+    def model(self) -> Any:
+        """The trained model (the input model's buffers were donated to the step)."""
+        return self.model_def.merge(self.state.params)[0]
 
 
 def _refresh_reference(alpha: float) -> Callable[[TrainState], TrainState]:
@@ -90,7 +98,8 @@ def train(
       config: the run configuration (stored in every checkpoint and checked on resume).
       workdir: the run directory.
       model: the initial policy (its parameters are also the frozen reference when
-        ``config.reference == "model"``).
+        ``config.reference == "model"``). Its parameter buffers are donated to the compiled
+        step: use ``RunResult.model`` afterwards, not this object.
       examples: tokenised examples of one kind (pairs, lists or unpaired).
       head: a reward head for the ``reward`` family.
       pad_id: padding token id of the batches.
@@ -141,6 +150,21 @@ def train(
     start = 0
     if checkpointer.latest_step() is not None:
         restored = checkpointer.restore(state)
+        changed = {
+            k: v
+            for k, v in restored.config_diff.items()
+            if k.split(".")[0] not in RESUMABLE_CHANGES
+        }
+        if changed:
+            checkpointer.close()
+            raise ConfigMismatchError(
+                f"{workdir} holds a run with a different config; use a new workdir or the "
+                "same config. Differing fields: "
+                + ", ".join(
+                    f"{k} (checkpoint: {a!r}, now: {b!r})" for k, (a, b) in changed.items()
+                ),
+                fields=changed,
+            )
         state, start = restored.state, restored.step
         iterator.set_state(restored.data_state)
         log.info("resumed from step %d in %s", start, workdir)

@@ -19,8 +19,8 @@ Families:
 * ``unpaired``: ``[B, T]`` with ``desirable [B]``; KTO's reference point is estimated from the
   batch's own completions (detached), a documented simplification of the paper's
   mismatched-pair estimate.
-* ``sft``: the token-mean negative log-likelihood of ``[B, T]`` (or the chosen responses of
-  pairs).
+* ``sft``: the negative log-likelihood of each response (summed over its tokens), averaged
+  over examples; ``[B, T]`` or the chosen responses of pairs.
 * ``reward``: a scalar reward head on the last non-padding token; Bradley-Terry style losses
   with the batch's ``margin`` when present.
 """
@@ -49,7 +49,8 @@ OFFLINE_FAMILIES = ("pairwise", "listwise", "unpaired", "sft", "reward")
 class Objective:
     """A registered objective by name, with its keyword options (e.g. ``{"beta": 0.1}``).
 
-    ``name="sft"`` is supervised fine-tuning (token-mean NLL), which is not in the registry.
+    ``name="sft"`` is supervised fine-tuning (per-sequence NLL, averaged over examples), not
+    in the registry.
     """
 
     name: str

@@ -17,7 +17,7 @@ from jaxpref.train.metric_logging import read_metrics
 
 pytestmark = pytest.mark.slow
 
-STEPS = 30
+STEPS = 120
 
 
 def command(workdir, *overrides):
@@ -57,7 +57,7 @@ def test_uninterrupted_run_writes_its_files(uninterrupted):
 
 
 def test_sigkill_then_rerun_is_bit_identical(uninterrupted, tmp_path):
-    kill_after = random.Random(os.getpid()).randint(7, STEPS - 5)  # after >= 1 checkpoint
+    kill_after = random.Random(os.getpid()).randint(7, 40)  # after >= 1 checkpoint
     process = subprocess.Popen(
         command(tmp_path), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -99,3 +99,27 @@ def test_nan_guard_stops_and_the_last_good_checkpoint_restores(tmp_path):
     subprocess.run(command(tmp_path), check=True, env=env(), capture_output=True, timeout=600)
     assert summary(tmp_path)["resumed_from"] == 10
     assert summary(tmp_path)["steps"] == STEPS
+
+
+def test_resuming_with_a_different_objective_is_refused(uninterrupted, tmp_path):
+    import shutil
+
+    shutil.copytree(uninterrupted, tmp_path / "run")
+    changed = subprocess.run(
+        command(tmp_path / "run", f"train.num_steps={STEPS + 2}", "train.objective=ipo"),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert changed.returncode != 0
+    assert "ConfigMismatchError" in changed.stderr and "objective" in changed.stderr
+    # Only num_steps changed: the run resumes and extends.
+    subprocess.run(
+        command(tmp_path / "run", f"train.num_steps={STEPS + 2}"),
+        check=True,
+        env=env(),
+        capture_output=True,
+        timeout=600,
+    )
+    assert summary(tmp_path / "run")["steps"] == STEPS + 2
