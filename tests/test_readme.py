@@ -30,7 +30,7 @@ def test_readme_example_runs_and_computes_dpo():
 
 def test_readme_states_the_two_commands_and_ci_runs_the_same_test_command():
     text = README.read_text()
-    assert "python experiments/tabular_dpo.py --workdir runs/tabular_dpo" in text
+    assert "python experiments/quickstart.py --workdir runs/quickstart" in text
     assert "python -m pytest -q" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q" in ci
