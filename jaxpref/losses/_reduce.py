@@ -27,6 +27,11 @@ def as_float(x: ArrayLike, name: str) -> Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def as_constant(x: ArrayLike, name: str) -> Array:
+    """:func:`as_float` behind ``stop_gradient``: targets, references, fixed weights."""
+    return jax.lax.stop_gradient(as_float(x, name))
+
+
 def as_mask(where: Mask, shape: tuple[int, ...], name: str = "where") -> Array | None:
     """Broadcasts ``where`` to ``shape`` as a boolean array (None stays None)."""
     if where is None:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpref.losses._reduce import (
+    as_constant,
     as_float,
     as_mask,
     check_static_range,
@@ -43,10 +44,6 @@ from jaxpref.losses.pairwise import logratio_margin
 from jaxpref.types import Array, ArrayLike, Mask
 
 ReduceArg = Callable[..., Any] | None
-
-
-def _constant(x: ArrayLike, name: str) -> Array:
-    return jax.lax.stop_gradient(as_float(x, name))
 
 
 def preference_regression(
@@ -86,7 +83,7 @@ def preference_regression(
     >>> float(preference_regression(z + 2.0, z, z, z, z + 0.2, beta=0.1))  # h = t / beta
     0.0
     """
-    t = _constant(target, "target")
+    t = as_constant(target, "target")
     arrays = [policy_logps, policy_other_logps, reference_logps, reference_other_logps]
     shape = jnp.broadcast_shapes(t.shape, *(jnp.shape(x) for x in arrays if x is not None))
     arrays = [None if x is None else jnp.broadcast_to(jnp.asarray(x), shape) for x in arrays]
@@ -142,7 +139,7 @@ def online_ipo(
       Zhou, Fazel & Du, Extragradient Preference Optimization (EGPO), 2025, arXiv:2503.08942
       (code: zhourunlong/EGPO, ``simulations/loss_funcs.py``).
     """
-    p = _constant(preference, "preference")
+    p = as_constant(preference, "preference")
     return preference_regression(
         policy_logps,
         policy_other_logps,
@@ -156,7 +153,7 @@ def online_ipo(
 
 
 def _contrast(win_rate: ArrayLike, win_rate_other: ArrayLike, names: tuple[str, str]) -> Array:
-    return _constant(win_rate, names[0]) - _constant(win_rate_other, names[1])
+    return as_constant(win_rate, names[0]) - as_constant(win_rate_other, names[1])
 
 
 def online_ipo_omd(
@@ -341,8 +338,8 @@ def nash_md_pg(
       (code: zhourunlong/EGPO, ``simulations/loss_funcs.py``).
     """
     lp = as_float(policy_logps, "policy_logps")
-    ref = _constant(reference_logps, "reference_logps")
-    w = _constant(mixture_win_rate, "mixture_win_rate")
+    ref = as_constant(reference_logps, "reference_logps")
+    w = as_constant(mixture_win_rate, "mixture_win_rate")
     shape = jnp.broadcast_shapes(lp.shape, ref.shape, w.shape)
     mask = as_mask(where, shape)
     lp, ref, w = (sanitize(mask, jnp.broadcast_to(x, shape)) for x in (lp, ref, w))

@@ -13,17 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from jaxpref.losses._reduce import as_float, as_mask, reduce_losses, sanitize
+from jaxpref.losses._reduce import as_constant, as_float, as_mask, reduce_losses, sanitize
 from jaxpref.types import Array, ArrayLike, Mask
 
 ReduceArg = Callable[..., Any] | None
-
-
-def _constant(x: ArrayLike, name: str) -> Array:
-    return jax.lax.stop_gradient(as_float(x, name))
 
 
 def _self_play_regression(
@@ -36,7 +31,7 @@ def _self_play_regression(
 ) -> Array:
     """``(log π_θ(y) - log π_t(y) - target/β)^2`` per response, π_t a constant."""
     lp = as_float(policy_logps, "policy_logps")
-    lp_t = _constant(opponent_logps, "opponent_logps")
+    lp_t = as_constant(opponent_logps, "opponent_logps")
     shape = jnp.broadcast_shapes(lp.shape, lp_t.shape, target.shape)
     mask = as_mask(where, shape)
     lp, lp_t, target = (sanitize(mask, jnp.broadcast_to(x, shape)) for x in (lp, lp_t, target))
@@ -85,7 +80,7 @@ def sppo(
       Wu et al., Self-Play Preference Optimization for Language Model Alignment, 2024,
       arXiv:2405.00675 (code: uclaml/SPPO, ``sppo/trainer.py``, ``scripts/compute_prob.py``).
     """
-    target = _constant(win_rate, "win_rate") - 0.5
+    target = as_constant(win_rate, "win_rate") - 0.5
     return _self_play_regression(policy_logps, opponent_logps, target, beta, where, reduce_fn)
 
 
@@ -135,7 +130,7 @@ def gpo(
       Alignment, 2024, arXiv:2410.02197.
     """
     return _self_play_regression(
-        policy_logps, opponent_logps, _constant(score, "score"), beta, where, reduce_fn
+        policy_logps, opponent_logps, as_constant(score, "score"), beta, where, reduce_fn
     )
 
 

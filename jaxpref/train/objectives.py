@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from jaxpref import losses, metrics
 from jaxpref.logprobs import sequence_logps, sequence_logps_from_hidden
+from jaxpref.losses._reduce import reduce_losses
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -220,7 +221,7 @@ def objective_loss(
     beta = objective.options.get("beta", 0.1)
     if family == "sft":
         logps = policy_logps[:, 0] if policy_logps.ndim == 2 else policy_logps
-        loss = -jnp.sum(jnp.where(example_mask, logps, 0.0)) / jnp.maximum(example_mask.sum(), 1)
+        loss = _masked_mean(-logps, example_mask)
         out["logps/mean"] = -loss
     elif family == "pairwise":
         available = {
@@ -321,4 +322,4 @@ def objective_loss(
 
 
 def _masked_mean(x: Array, mask: Array) -> Array:
-    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    return reduce_losses(x, where=mask, reduce_fn=jnp.mean)
