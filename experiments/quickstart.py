@@ -41,6 +41,10 @@ rounds=1``, ``--set preference.learning_rate=3e-4``, ...). The workdir gets ``re
 ``summary.md``, PNG plots, and per phase (``sft/``, ``preference_round1/``, ...)
 ``metrics.jsonl``, TensorBoard events, an Orbax checkpoint and ``summary.json``. A run
 starts afresh: it replaces the phase directories of an earlier run in the same workdir.
+
+The phases are functions (:func:`split_problems`, :func:`warm_up`, :func:`sample_round`,
+:func:`optimise`) that other experiments import: ``ranking_accuracy.py`` and
+``listwise_vs_pairwise.py`` start from this warm-up and these samples.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -171,22 +176,39 @@ def train_config(config: Config, phase: Phase, objective: str, options: Mapping)
     )
 
 
-def run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
-    """Warm-up, then ``rounds`` of sample-judge-optimise, held-out scores after each phase."""
-    kind = family(config.objective)
-    Objective(config.objective, config.objective_options).validate()  # before the warm-up
-    for old in [workdir / "sft", *sorted(workdir.glob("preference_round*"))]:
-        if old.is_dir():
-            log.info("removing %s from an earlier run", old)
-            shutil.rmtree(old)
-    task = config.task
-    train_pool, held_out = task.split(config.num_eval, seed=config.seed)
-    needed = config.sft_examples + config.rounds * config.prompts_per_round
+# ----------------------------------------------------------------- phases, reused by others
+# experiments/ranking_accuracy.py and experiments/listwise_vs_pairwise.py import these.
+
+
+def start_afresh(workdir: pathlib.Path, *patterns: str) -> None:
+    """Removes the phase directories of an earlier run (glob ``patterns`` under workdir)."""
+    for pattern in patterns:
+        for old in sorted(workdir.glob(pattern)):
+            if old.is_dir():
+                log.info("removing %s from an earlier run", old)
+                shutil.rmtree(old)
+
+
+def split_problems(
+    config: Config, preference_prompts: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint problems: ``(warm-up, preference prompts, held-out)``, shuffled by the seed.
+
+    The first ``preference_prompts`` training problems after the warm-up's are the prompts
+    sampled for preference data (round ``r`` of the quickstart takes the ``r``-th block).
+    """
+    train_pool, held_out = config.task.split(config.num_eval, seed=config.seed)
+    needed = config.sft_examples + preference_prompts
     if needed > len(train_pool):
         raise ValueError(f"{needed} training problems asked for, {len(train_pool)} available")
     sft_problems, rest = np.split(train_pool, [config.sft_examples])
-    model = Transformer(
-        task.model_config(
+    return sft_problems, rest[:preference_prompts], held_out
+
+
+def new_model(config: Config) -> Transformer:
+    """The untrained Llama-style policy of the config (initialised from ``seed``)."""
+    return Transformer(
+        config.task.model_config(
             d_model=config.d_model,
             num_layers=config.num_layers,
             num_heads=config.num_heads,
@@ -195,6 +217,84 @@ def run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
         ),
         rngs=nnx.Rngs(config.seed),
     )
+
+
+def warm_up(
+    config: Config, workdir: pathlib.Path, problems: np.ndarray
+) -> tuple[Transformer, float]:
+    """Phase 1: SFT of a new model on the sloppy demonstrator (``workdir/sft``).
+
+    Returns the warmed-up policy and the phase's training seconds.
+    """
+    log.info("supervised warm-up on %d problems", len(problems))
+    result = train(
+        train_config(config, config.sft, "sft", {}),
+        workdir / "sft",
+        model=new_model(config),
+        examples=arithmetic.sft_examples(
+            config.task, problems, no_carry=config.sft_no_carry, seed=config.seed
+        ),
+        pad_id=arithmetic.PAD,
+    )
+    return result.model, result.summary["seconds"]
+
+
+def sample_round(
+    config: Config, policy: Transformer, prompts: np.ndarray, rng: jax.Array, desc: str
+) -> judged.Samples:
+    """Phases 2-3: ``num_samples`` completions per prompt at ``temperature``, judged."""
+    return judged.sample(
+        policy,
+        config.task,
+        prompts,
+        num_samples=config.num_samples,
+        temperature=config.temperature,
+        rng=rng,
+        batch_size=config.sample_batch_size,
+        desc=desc,
+    )
+
+
+def optimise(
+    config: Config,
+    policy: Transformer,
+    examples: list,
+    workdir: pathlib.Path,
+    *,
+    objective: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[Transformer, float]:
+    """Phase 4: ``config.preference`` steps of an objective (default: the config's).
+
+    ``policy`` is also the frozen reference. Its parameters are donated to the engine: pass
+    :func:`copy_model` of it to train several times from one policy. Returns the trained
+    policy and the training seconds.
+    """
+    objective = objective or config.objective
+    options = config.objective_options if options is None else options
+    result = train(
+        train_config(config, config.preference, objective, options),
+        workdir,
+        model=policy,
+        examples=examples,
+        pad_id=arithmetic.PAD,
+    )
+    return result.model, result.summary["seconds"]
+
+
+def copy_model(model: Transformer) -> Transformer:
+    """A copy with its own parameter buffers (train() donates those of the model it gets)."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
+def run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
+    """Warm-up, then ``rounds`` of sample-judge-optimise, held-out scores after each phase."""
+    kind = family(config.objective)
+    Objective(config.objective, config.objective_options).validate()  # before the warm-up
+    start_afresh(workdir, "sft", "preference_round*")
+    task = config.task
+    sft_problems, pool, held_out = split_problems(config, config.rounds * config.prompts_per_round)
     completions: dict[str, list[str]] = {}  # phase -> greedy answers to the shown problems
     seconds: dict[str, float] = {}
 
@@ -206,48 +306,24 @@ def run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
         log.info("held-out after %s: score %.1f, credit %.1f", phase, out.score, out.credit)
         return {"phase": phase, "score": round(out.score, 2), "credit": round(out.credit, 2)}
 
-    log.info("supervised warm-up on %d problems", len(sft_problems))
-    sft = train(
-        train_config(config, config.sft, "sft", {}),
-        workdir / "sft",
-        model=model,
-        examples=arithmetic.sft_examples(
-            task, sft_problems, no_carry=config.sft_no_carry, seed=config.seed
-        ),
-        pad_id=arithmetic.PAD,
-    )
-    seconds["sft"] = round(sft.summary["seconds"], 1)
-    # train() donates the parameters it was given: use each phase's returned state only.
-    policy, _ = sft.model_def.merge(sft.state.params)
+    policy, sft_seconds = warm_up(config, workdir, sft_problems)
+    seconds["sft"] = round(sft_seconds, 1)
     scores = [evaluate(policy, "sft")]
 
     rounds = []
     key = jax.random.key(config.seed)
     for r in range(1, config.rounds + 1):
-        prompts = rest[(r - 1) * config.prompts_per_round : r * config.prompts_per_round]
-        samples = judged.sample(
-            policy,
-            task,
-            prompts,
-            num_samples=config.num_samples,
-            temperature=config.temperature,
-            rng=jax.random.fold_in(key, r),
-            batch_size=config.sample_batch_size,
-            desc=f"sampling round {r}",
+        prompts = pool[(r - 1) * config.prompts_per_round : r * config.prompts_per_round]
+        samples = sample_round(
+            config, policy, prompts, jax.random.fold_in(key, r), f"sampling round {r}"
         )
         examples, stats = FAMILIES[kind](task, samples)
         log.info("round %d: %s", r, stats)
         if not examples:
             raise RuntimeError(f"round {r}: every prompt's samples tie; nothing to learn from")
-        result = train(
-            train_config(config, config.preference, config.objective, config.objective_options),
-            workdir / f"preference_round{r}",
-            model=policy,  # also the frozen reference of this round
-            examples=examples,
-            pad_id=arithmetic.PAD,
-        )
-        seconds[f"round{r}"] = round(result.summary["seconds"], 1)
-        policy, _ = result.model_def.merge(result.state.params)
+        # The policy is also the frozen reference of this round.
+        policy, round_seconds = optimise(config, policy, examples, workdir / f"preference_round{r}")
+        seconds[f"round{r}"] = round(round_seconds, 1)
         scores.append(evaluate(policy, f"round {r}"))
         rounds.append({"round": r, **dataclasses.asdict(stats)})
 
