@@ -7,26 +7,44 @@ each moves the expected true reward, its KL from the reference, and how well its
 reward ``β log π/π_ref`` recovers ``r`` (DPO's optimum on full support satisfies
 ``β log π/π_ref = r + const``).
 
-Run: ``python experiments/tabular_dpo.py --workdir runs/tabular_dpo`` (a few seconds on CPU).
+Run: ``python experiments/tabular_dpo.py --workdir runs/tabular_dpo [--small]`` (a few
+seconds on CPU), with overrides such as ``--set beta=0.1``, ``--set steps=1000`` or
+``--set "objectives=('dpo', 'ipo')"``. ``results.json`` has ``reference_expected_reward``,
+``best_action_reward`` and, per objective, ``expected_reward``, ``kl_from_reference``,
+``implicit_reward_correlation``, ``ranking_accuracy`` and ``final_loss``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import pathlib
-import time
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxpref import losses, metrics
+from jaxpref.train import experiment
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """The bandit, the data and the optimisation shared by every objective.
+
+    Attributes:
+      num_actions: K, the number of actions.
+      num_pairs: preference pairs sampled from the reference.
+      beta: the objectives' ``beta`` (KL strength / inverse margin).
+      steps: full-batch Adam steps per objective.
+      learning_rate: Adam learning rate on the logits.
+      seed: reference, reward, pairs and labels.
+      objectives: registered pairwise objectives to train.
+      objective_options: extra keyword options per objective (``beta`` comes from ``beta``).
+    """
+
     num_actions: int = 8
     num_pairs: int = 4096
     beta: float = 0.5
@@ -34,6 +52,23 @@ class Config:
     learning_rate: float = 0.05
     seed: int = 0
     objectives: tuple[str, ...] = ("dpo", "ipo", "robust_dpo", "hinge", "soft_preference")
+    objective_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=lambda: {"robust_dpo": {"label_smoothing": 0.1}}
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        object.__setattr__(
+            self, "objective_options", {k: dict(v) for k, v in self.objective_options.items()}
+        )
+        for name in self.objectives:
+            if losses.spec(name).family != "pairwise":  # KeyError for an unknown name
+                raise ValueError(f"{name!r} is not a pairwise objective")
+
+    @classmethod
+    def small(cls) -> Config:
+        """The test-suite size: fewer pairs and steps."""
+        return cls(num_pairs=2048, steps=300)
 
 
 def make_problem(config: Config):
@@ -49,20 +84,18 @@ def make_problem(config: Config):
     return ref_logits, reward, chosen, rejected, p_first
 
 
-def train(config: Config, objective: str, problem) -> dict[str, float]:
+def train(config: Config, objective: str, problem) -> tuple[dict[str, float], jax.Array]:
+    """Trains the logits with ``objective``; returns its metrics and the final log-ratio."""
     ref_logits, reward, chosen, rejected, _ = problem
     loss_fn = losses.get(objective)
     ref_logp = jax.nn.log_softmax(ref_logits)
     distinct = chosen != rejected  # identical pairs carry no preference: masked, not dropped
-    extra = {}
     if objective == "soft_preference":
-        # The oracle's probability that the labelled-chosen action wins.
-        p_chosen = jax.nn.sigmoid(reward[chosen] - reward[rejected])
-        extra_args = (p_chosen,)
+        # Its extra input: the oracle's probability that the labelled-chosen action wins.
+        extra_args = (jax.nn.sigmoid(reward[chosen] - reward[rejected]),)
     else:
         extra_args = ()
-    if objective == "robust_dpo":
-        extra["label_smoothing"] = 0.1
+    options = {"beta": config.beta, **config.objective_options.get(objective, {})}
 
     def loss(logits):
         logp = jax.nn.log_softmax(logits)
@@ -72,9 +105,8 @@ def train(config: Config, objective: str, problem) -> dict[str, float]:
             ref_logp[chosen],
             ref_logp[rejected],
             *extra_args,
-            beta=config.beta,
             where=distinct,
-            **extra,
+            **options,
         )
 
     optimizer = optax.adam(config.learning_rate)
@@ -89,60 +121,87 @@ def train(config: Config, objective: str, problem) -> dict[str, float]:
     for _ in range(config.steps):
         logits, opt_state, value = step(logits, opt_state)
     policy = jax.nn.softmax(logits)
-    log_ratio = jax.nn.log_softmax(logits) - ref_logp
-    implicit = config.beta * log_ratio
-    corr = float(jnp.corrcoef(implicit, reward)[0, 1])
     logp = jax.nn.log_softmax(logits)
-    return {
+    log_ratio = logp - ref_logp
+    implicit = config.beta * log_ratio
+    result = {
         "final_loss": float(value),
         "expected_reward": float(policy @ reward),
         "kl_from_reference": float(policy @ log_ratio),
-        "implicit_reward_correlation": corr,
+        "implicit_reward_correlation": float(jnp.corrcoef(implicit, reward)[0, 1]),
         "ranking_accuracy": float(
             metrics.ranking_accuracy(logp[chosen], logp[rejected], where=distinct)
         ),
     }
+    return result, log_ratio
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/tabular_dpo"))
-    parser.add_argument("--steps", type=int, default=Config.steps)
-    parser.add_argument("--beta", type=float, default=Config.beta)
-    parser.add_argument("--seed", type=int, default=Config.seed)
-    args = parser.parse_args()
-    config = Config(steps=args.steps, beta=args.beta, seed=args.seed)
-    start = time.perf_counter()
+def plot(config: Config, reward, log_ratios: Mapping[str, jax.Array], results, workdir) -> list:
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    r = np.asarray(reward)
+    for name in names:
+        implicit = config.beta * np.asarray(log_ratios[name])
+        # Implicit rewards are defined up to a constant: centre both for the comparison.
+        axes[0].plot(r - r.mean(), implicit - implicit.mean(), "o", label=name, alpha=0.8)
+    axes[0].axline((0, 0), slope=1, color="grey", lw=0.8, ls="--")
+    axes[0].set_xlabel("true reward r (centred)")
+    axes[0].set_ylabel("β log π/π_ref (centred)")
+    axes[0].legend(fontsize=8)
+    x = np.arange(len(names))
+    axes[1].bar(x - 0.2, [results[n]["expected_reward"] for n in names], 0.4, label="E_π[r]")
+    axes[1].bar(x + 0.2, [results[n]["kl_from_reference"] for n in names], 0.4, label="KL(π‖π_ref)")
+    axes[1].set_xticks(x, names, rotation=20, fontsize=8)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"tabular bandit, K = {config.num_actions}, β = {config.beta}")
+    experiment.save_plot(fig, workdir, "tabular_dpo")
+    return ["tabular_dpo"]
+
+
+def run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
     problem = make_problem(config)
     ref_logits, reward = problem[0], problem[1]
     reference_reward = float(jax.nn.softmax(ref_logits) @ reward)
-    results = {obj: train(config, obj, problem) for obj in config.objectives}
+    results, log_ratios = {}, {}
+    for name in config.objectives:
+        results[name], log_ratios[name] = train(config, name, problem)
     report = {
         "config": dataclasses.asdict(config),
         "reference_expected_reward": reference_reward,
         "best_action_reward": float(reward.max()),
         "objectives": results,
-        "seconds": time.perf_counter() - start,
     }
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "results.json").write_text(json.dumps(report, indent=2))
-    lines = [
-        f"Tabular bandit, K={config.num_actions}, {config.num_pairs} BT-labelled pairs, "
-        f"beta={config.beta}, {config.steps} Adam steps.",
-        f"Reference expected reward {reference_reward:+.3f}; best action {reward.max():+.3f}.",
-        "",
-        "| objective | expected reward | KL(pi||ref) | corr(beta*log-ratio, r) | rank acc |",
-        "|---|---|---|---|---|",
+    rows = [
+        {
+            "objective": name,
+            "expected reward": r["expected_reward"],
+            "KL(π‖π_ref)": r["kl_from_reference"],
+            "corr(β log-ratio, r)": r["implicit_reward_correlation"],
+            "ranking accuracy": r["ranking_accuracy"],
+        }
+        for name, r in results.items()
     ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['expected_reward']:+.3f} | {r['kl_from_reference']:.3f} | "
-            f"{r['implicit_reward_correlation']:.3f} | {r['ranking_accuracy']:.3f} |"
-        )
-    (args.workdir / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwrote {args.workdir / 'results.json'} and summary.md in {report['seconds']:.1f}s")
+    body = "\n".join(
+        [
+            f"K = {config.num_actions} actions, {config.num_pairs} BT-labelled pairs from the "
+            f"reference, β = {config.beta}, {config.steps} full-batch Adam steps per objective.",
+            f"Reference expected reward {reference_reward:+.3f}; best action "
+            f"{float(reward.max()):+.3f}.",
+            "",
+            experiment.markdown_table(rows),
+        ]
+    )
+    experiment.write_report(
+        workdir,
+        title="Pairwise objectives on a tabular bandit",
+        results=report,
+        body=body,
+        plots=plot(config, reward, log_ratios, results, workdir),
+    )
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    experiment.main(Config(), run, description=__doc__.splitlines()[0])

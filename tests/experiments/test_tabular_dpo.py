@@ -1,35 +1,59 @@
-"""The README's main job runs end to end and shows the behaviour its summary claims."""
+"""The tabular DPO experiment runs through the shared command line and shows what its summary
+claims."""
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "experiments" / "tabular_dpo.py"
 
 
-def test_tabular_dpo_main_job(tmp_path):
+def test_small_config_through_the_command_line(tmp_path):
+    # One device: the subprocess does not need the test session's 8 fake devices.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "tabular_dpo.py"),
-            "--workdir",
-            str(tmp_path),
-            "--steps",
-            "300",
-        ],
+        [sys.executable, str(SCRIPT), "--workdir", str(tmp_path), "--small"],
         check=True,
         capture_output=True,
         timeout=300,
+        env=env,
     )
     results = json.loads((tmp_path / "results.json").read_text())
-    assert (tmp_path / "summary.md").read_text().startswith("Tabular bandit")
+    assert results["seconds"] > 0 and (tmp_path / "config.json").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("# Pairwise objectives on a tabular bandit")
+    assert (tmp_path / "tabular_dpo.png").stat().st_size > 0 and "tabular_dpo.png" in summary
     base = results["reference_expected_reward"]
-    dpo = results["objectives"]["dpo"]
+    objectives = results["objectives"]
+    assert set(objectives) == {"dpo", "ipo", "robust_dpo", "hinge", "soft_preference"}
+    dpo = objectives["dpo"]
     # DPO's optimum satisfies beta*log(pi/pi_ref) = r + const on the support of the data.
     assert dpo["implicit_reward_correlation"] > 0.95
     assert dpo["expected_reward"] > base + 0.5
     # IPO's bounded target keeps it closer to the reference than DPO.
-    assert results["objectives"]["ipo"]["kl_from_reference"] < dpo["kl_from_reference"]
+    assert objectives["ipo"]["kl_from_reference"] < dpo["kl_from_reference"]
+
+
+def test_overrides_and_refusals(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import tabular_dpo
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from jaxpref.train import experiment
+
+    argv = ["--workdir", str(tmp_path), "--small", "--set", "objectives=('dpo',)"]
+    argv += ["--set", "steps=20"]
+    results = experiment.main(tabular_dpo.Config(), tabular_dpo.run, argv=argv)
+    assert list(results["objectives"]) == ["dpo"] and results["config"]["steps"] == 20
+    with pytest.raises(ValueError, match="pairwise"):
+        tabular_dpo.Config(objectives=("kto",))
+    with pytest.raises(KeyError):
+        tabular_dpo.Config(objectives=("no_such_objective",))
