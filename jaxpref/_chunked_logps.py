@@ -22,6 +22,13 @@ Masking and averaging are not done here: the caller applies them in plain JAX ar
 :func:`chunked_token_logps`, so that the cotangent ``g`` already carries them. A token whose
 cotangent is exactly zero (masked or padding) contributes exactly zero to both gradients,
 even if its hidden state is not finite.
+
+Work is skipped, not only zeroed: a chunk whose tokens are all unscored (the ``mask``
+argument in the forward, an all-zero cotangent in the backward) skips its vocabulary
+projection under :func:`jax.lax.cond`. The caller orders the tokens scored-first (see
+:func:`jaxpref.logprobs.sequence_logps_from_hidden`), so that prompt and padding tokens fill
+whole chunks and cost nothing. (Under :func:`jax.vmap` a ``cond`` becomes a select and both
+branches run: correct, just without the saving.)
 """
 
 from __future__ import annotations
@@ -83,28 +90,46 @@ def _split(x: jax.Array, chunk_size: int) -> jax.Array:
 
 
 def _forward(
-    hidden: jax.Array, unembedding: jax.Array, targets: jax.Array, chunk_size: int
+    hidden: jax.Array,
+    unembedding: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    chunk_size: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns per-token log-probs ``[n]`` and logsumexp ``[n]``, one chunk at a time."""
+    """Returns per-token log-probs ``[n]`` and logsumexp ``[n]``, one chunk at a time.
+
+    A chunk with no scored token (``mask`` all False) is not projected: its log-probs and
+    logsumexp are 0.
+    """
     vocab = unembedding.shape[1]
 
-    def body(carry, xs):
-        h, t = xs
+    def project(h, t):
         logits = _chunk_logits(h, unembedding)
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, t[:, None], axis=-1, mode="clip")[:, 0]
         valid = (t >= 0) & (t < vocab)
-        return carry, (jnp.where(valid, picked - lse, jnp.nan), lse)
+        return jnp.where(valid, picked - lse, jnp.nan), lse
 
-    _, (logps, lse) = jax.lax.scan(
-        body, None, (_split(hidden, chunk_size), _split(targets, chunk_size))
-    )
+    def skip(h, t):
+        zeros = jax.lax.full_like(h, 0, jnp.float32, shape=t.shape)
+        return zeros, zeros
+
+    def body(carry, xs):
+        h, t, m = xs
+        return carry, jax.lax.cond(jnp.any(m), project, skip, h, t)
+
+    xs = (_split(hidden, chunk_size), _split(targets, chunk_size), _split(mask, chunk_size))
+    _, (logps, lse) = jax.lax.scan(body, None, xs)
     return logps.reshape(-1), lse.reshape(-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def chunked_token_logps(
-    hidden: jax.Array, unembedding: jax.Array, targets: jax.Array, chunk_size: int
+    hidden: jax.Array,
+    unembedding: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    chunk_size: int,
 ) -> jax.Array:
     """Per-token target log-probs from hidden states, chunked over tokens.
 
@@ -112,16 +137,19 @@ def chunked_token_logps(
       hidden: ``[n_tokens, d_model]`` final hidden states, any float dtype.
       unembedding: ``[d_model, vocab]`` output projection, any float dtype.
       targets: ``[n_tokens]`` int target ids in ``[0, vocab)``; others give NaN.
+      mask: ``[n_tokens]`` bool, True on the tokens the caller will use. Unused tokens get
+        unspecified values (0 where their whole chunk is unused), and the caller must give
+        them a zero cotangent.
       chunk_size: Python int that divides ``n_tokens`` (the caller pads).
 
     Returns:
       ``[n_tokens]`` float32 log-probs.
     """
-    return _forward(hidden, unembedding, targets, chunk_size)[0]
+    return _forward(hidden, unembedding, targets, mask, chunk_size)[0]
 
 
-def _fwd(hidden, unembedding, targets, chunk_size):
-    logps, lse = _forward(hidden, unembedding, targets, chunk_size)
+def _fwd(hidden, unembedding, targets, mask, chunk_size):
+    logps, lse = _forward(hidden, unembedding, targets, mask, chunk_size)
     return logps, (hidden, unembedding, targets, lse)
 
 
@@ -130,8 +158,7 @@ def _bwd(chunk_size, residuals, g):
     d_model, vocab = unembedding.shape
     block = min(vocab, max(1, LOGITS_BUDGET // d_model))  # columns per d_unembedding update
 
-    def body(d_unembedding, xs):
-        h, t, lse_c, g_c = xs
+    def accumulate(d_unembedding, h, t, lse_c, g_c):
         probs = jnp.exp(_chunk_logits(h, unembedding) - lse_c[:, None])
         dlogits = g_c[:, None] * (jax.nn.one_hot(t, vocab, dtype=jnp.float32) - probs)
         # Guard: a token with zero cotangent (masked, or padding) contributes exactly zero,
@@ -161,6 +188,12 @@ def _bwd(chunk_size, residuals, g):
             d_unembedding = add_block(num_full * block, d_unembedding, vocab % block)
         return d_unembedding, d_h.astype(hidden.dtype)
 
+    def skip(d_unembedding, h, t, lse_c, g_c):
+        return d_unembedding, jnp.zeros_like(h)
+
+    def body(d_unembedding, xs):
+        return jax.lax.cond(jnp.any(xs[-1] != 0), accumulate, skip, d_unembedding, *xs)
+
     xs = (
         _split(hidden, chunk_size),
         _split(targets, chunk_size),
@@ -179,6 +212,7 @@ def _bwd(chunk_size, residuals, g):
     return (
         d_hidden.reshape(hidden.shape),
         d_unembedding.astype(unembedding.dtype),
+        None,
         None,
     )
 

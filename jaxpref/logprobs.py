@@ -180,7 +180,10 @@ def sequence_logps_from_hidden(
 
     accumulating :math:`\partial W` in float32. Peak extra memory is a few chunk-sized
     buffers plus the float32 ``[d_model, vocab]`` gradient accumulator, instead of several
-    ``[..., time, vocab]`` arrays. Masking and averaging are applied outside the custom VJP
+    ``[..., time, vocab]`` arrays. With ``where``, the tokens are reordered scored-first (a
+    stable sort of the mask; one ``[n_tokens, d_model]`` gather) and a chunk with no scored
+    token skips the projection in both passes, so prompt and padding tokens cost (almost)
+    nothing. Masking and averaging are applied outside the custom VJP
     in plain JAX, and masked tokens' targets are replaced with 0 first; inside the custom VJP
     a token with zero cotangent has its hidden state and logit gradient zeroed chunk by
     chunk. So masked tokens contribute exactly zero, with no NaN, to values and gradients,
@@ -243,12 +246,18 @@ def sequence_logps_from_hidden(
 
     flat_hidden = hidden.reshape(n_tokens, d_model)
     flat_targets = targets.reshape(n_tokens).astype(jnp.int32)
+    order = None
     if where is None:
         mask = jnp.ones((n_tokens,), bool)
     else:
         mask = where.reshape(n_tokens)
         # Hidden states are not copied here: the custom VJP zeroes masked tokens per chunk.
         flat_targets = jnp.where(mask, flat_targets, 0)
+        if n_tokens > chunk_size:
+            # Scored tokens first (a stable sort keeps their order), so that prompt and
+            # padding tokens fill whole chunks, which skip the vocabulary projection.
+            order = jnp.argsort(~mask, stable=True)
+            flat_hidden, flat_targets, mask = flat_hidden[order], flat_targets[order], mask[order]
     pad = -n_tokens % chunk_size
     if pad:
         flat_hidden = jnp.pad(flat_hidden, ((0, pad), (0, 0)))
@@ -256,7 +265,9 @@ def sequence_logps_from_hidden(
         mask = jnp.pad(mask, (0, pad))
 
     token_lp = _chunked_logps.chunked_token_logps(
-        flat_hidden, unembedding, flat_targets, chunk_size
+        flat_hidden, unembedding, flat_targets, mask, chunk_size
     )
-    token_lp = jnp.where(mask, token_lp, 0.0)[:n_tokens].reshape(targets.shape)
-    return _reduce(token_lp, where, average)
+    token_lp = jnp.where(mask, token_lp, 0.0)[:n_tokens]
+    if order is not None:
+        token_lp = jnp.zeros_like(token_lp).at[order].set(token_lp, unique_indices=True)
+    return _reduce(token_lp.reshape(targets.shape), where, average)

@@ -254,6 +254,38 @@ def test_chunked_all_masked_is_zero_with_zero_grads():
         assert np.all(np.asarray(d_h) == 0.0) and np.all(np.asarray(d_w) == 0.0)
 
 
+def test_chunked_skips_the_projection_of_unscored_chunks(monkeypatch):
+    """Prompt-like layout: each row's first tokens unscored. After the scored-first reorder
+    only ceil(scored / chunk) chunks are projected, in the forward and in the backward."""
+    projected = []
+    original = _chunked_logps._chunk_logits
+
+    def counting(h, w):
+        jax.debug.callback(lambda: projected.append(1))
+        return original(h, w)
+
+    monkeypatch.setattr(_chunked_logps, "_chunk_logits", counting)
+    rows, length, chunk = 6, 10, 4
+    rng = np.random.default_rng(12)
+    hidden = rng.normal(size=(rows, length, D)).astype(np.float32)
+    unembedding = (0.5 * rng.normal(size=(D, V))).astype(np.float32)
+    targets = rng.integers(0, V, size=(rows, length)).astype(np.int32)
+    where = np.arange(length) >= rng.integers(3, 8, size=(rows, 1))  # a masked prefix per row
+    scored_chunks = -(-int(where.sum()) // chunk)
+    assert scored_chunks < rows * length // chunk  # something to skip
+
+    fn = chunked(targets, where, False, chunk)
+    value = jax.block_until_ready(fn(hidden, unembedding))
+    assert len(projected) == scored_chunks
+    jax.block_until_ready(jax.grad(lambda h, w: fn(h, w).sum(), (0, 1))(hidden, unembedding))
+    assert len(projected) == scored_chunks + 2 * scored_chunks  # forward again, then backward
+    ref_value, ref_grads = value_and_grads(naive(targets, where, False), hidden, unembedding)
+    assert_close(value, ref_value)
+    _, grads = value_and_grads(fn, hidden, unembedding)
+    for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        assert_close(grad, ref_grad)
+
+
 def test_chunked_jit_equals_eager():
     hidden, unembedding, targets, where = hidden_case(11)
 
