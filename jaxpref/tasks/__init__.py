@@ -2,6 +2,9 @@
 
 * :mod:`~jaxpref.tasks.arithmetic`: multi-digit addition over a character vocabulary, a
   judge giving partial credit per answer position, a held-out split and SFT examples.
+* :mod:`~jaxpref.tasks.instructions`: chat prompts with format constraints (a bare number,
+  one word, at most N words, lowercase, a question) and a judge of decoded replies, for
+  real chat models.
 * :mod:`~jaxpref.tasks.judged`: for any such task, on-policy sampling and greedy evaluation
   with the jit-compiled sampler, and pairwise or ranked examples from judged samples.
 
@@ -9,6 +12,7 @@ Importing this package has no side effects.
 """
 
 from jaxpref.tasks import arithmetic as arithmetic
+from jaxpref.tasks import instructions as instructions
 from jaxpref.tasks.arithmetic import Addition as Addition
 from jaxpref.tasks.judged import Evaluation as Evaluation
 from jaxpref.tasks.judged import Judgement as Judgement
@@ -30,6 +34,7 @@ __all__ = [
     "Task",
     "arithmetic",
     "evaluate",
+    "instructions",
     "preference_pairs",
     "ranked_lists",
     "sample",
