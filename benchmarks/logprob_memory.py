@@ -15,9 +15,15 @@ Usage::
 
     python benchmarks/logprob_memory.py          # vocab 32k/128k/256k x seq 1k/4k/16k, d 2048
     python benchmarks/logprob_memory.py --small  # vocab 32k, seq 1k, d_model 256 (quick)
+    python benchmarks/logprob_memory.py --execute  # also run each cell (on a GPU)
 
 Nothing is allocated: inputs are :class:`jax.ShapeDtypeStruct`, so configurations larger
 than the machine's memory still compile. Numbers are for the default JAX backend.
+
+With ``--execute`` every cell is also run for real, each in a fresh process, and the table
+gains the device's measured peak memory during the gradient minus the inputs' own size
+(``peak_bytes_in_use`` from ``Device.memory_stats()``; backends without memory statistics,
+such as the CPU, report ``n/a``). A cell that runs out of memory is reported as such.
 """
 
 from __future__ import annotations
@@ -83,12 +89,59 @@ def compiled_temp_mib(logps_fn: Callable, batch: int, time_: int, d_model: int, 
     return temp / MIB, time.perf_counter() - start
 
 
+def executed_peak_mib(path: str, batch: int, time_: int, d_model: int, vocab: int) -> str:
+    """Runs one gradient for real in this process; the peak device memory above the inputs."""
+    logps_fn = {"naive": naive_logps, "chunked": chunked_logps}[path]
+    keys = jax.random.split(jax.random.key(0), 3)
+    inputs = (
+        jax.random.normal(keys[0], (batch, 2, time_, d_model), jnp.float32),
+        0.02 * jax.random.normal(keys[1], (d_model, vocab), jnp.float32),
+        jax.random.randint(keys[2], (batch, 2, time_), 0, vocab),
+        jnp.broadcast_to(jnp.arange(time_) >= time_ // 4, (batch, 2, time_)),  # 1/4 prompt
+        jnp.zeros((batch, 2), jnp.float32),
+    )
+    jax.block_until_ready(inputs)
+    stats = jax.devices()[0].memory_stats()
+    before = stats.get("bytes_in_use", 0) if stats else 0
+    try:
+        grads = jax.jit(dpo_grad_fn(logps_fn))(*inputs)
+        jax.block_until_ready(grads)
+    except Exception as error:  # out of memory, most likely: that is the cell's result
+        return f"failed ({type(error).__name__})"
+    if not all(bool(jnp.isfinite(g).all()) for g in grads):
+        return "non-finite gradient"
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return "n/a"
+    return f"{(stats['peak_bytes_in_use'] - before) / MIB:,.1f}"
+
+
+def _execute_in_subprocess(path: str, batch: int, time_: int, d_model: int, vocab: int) -> str:
+    """A fresh process per cell, so each peak is that cell's alone."""
+    import subprocess
+
+    cell = f"{path},{batch},{time_},{d_model},{vocab}"
+    done = subprocess.run(
+        [sys.executable, __file__, "--cell", cell], capture_output=True, text=True, check=False
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        return f"failed (exit {done.returncode})"
+    return lines[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--small", action="store_true", help="only vocab 32k, seq 1k, d_model 256 (quick)"
     )
+    parser.add_argument("--execute", action="store_true", help="also run every cell for real")
+    parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # internal, one cell
     args = parser.parse_args()
+    if args.cell:
+        path, *sizes = args.cell.split(",")
+        print(executed_peak_mib(path, *map(int, sizes)))
+        return
     if args.small:
         d_model, vocabs, seqs = 256, [32768], [1024]
     else:
@@ -116,8 +169,13 @@ def main() -> None:
         f"(hidden [{batch}, 2, seq, {d_model}]); XLA compiled temp memory (compile only)."
     )
     print()
-    print("| vocab | seq | tokens | naive temp (MiB) | chunked temp (MiB) | chunked / naive |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    header = "| vocab | seq | tokens | naive temp (MiB) | chunked temp (MiB) | chunked / naive |"
+    rule = "|---:|---:|---:|---:|---:|---:|"
+    if args.execute:
+        header += " naive peak, run (MiB) | chunked peak, run (MiB) |"
+        rule += "---:|---:|"
+    print(header)
+    print(rule)
     total_start = time.perf_counter()
     for vocab in vocabs:
         for seq in seqs:
@@ -129,10 +187,14 @@ def main() -> None:
             else:
                 ratio = f"{chunked[0] / naive[0]:.4f}"
             tokens = batch * 2 * seq
-            print(f"| {vocab:,} | {seq:,} | {tokens:,} | {cells[0]} | {cells[1]} | {ratio} |")
+            row = f"| {vocab:,} | {seq:,} | {tokens:,} | {cells[0]} | {cells[1]} | {ratio} |"
+            if args.execute:
+                for path in ("naive", "chunked"):
+                    row += f" {_execute_in_subprocess(path, batch, seq, d_model, vocab)} |"
+            print(row)
             sys.stdout.flush()
     print()
-    print(f"Total compile time: {time.perf_counter() - total_start:.1f} s")
+    print(f"Total time: {time.perf_counter() - total_start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -94,71 +94,81 @@ def _forward(
     unembedding: jax.Array,
     targets: jax.Array,
     mask: jax.Array,
+    rows: jax.Array,
     chunk_size: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns per-token log-probs ``[n]`` and logsumexp ``[n]``, one chunk at a time.
+    """Returns log-probs ``[m]`` and logsumexp ``[m]`` of the tokens ``rows``, chunk by chunk.
 
-    A chunk with no scored token (``mask`` all False) is not projected: its log-probs and
-    logsumexp are 0.
+    A chunk with no scored token (``mask`` all False) is neither gathered nor projected: its
+    log-probs and logsumexp are 0.
     """
     vocab = unembedding.shape[1]
 
-    def project(h, t):
-        logits = _chunk_logits(h, unembedding)
+    def project(r, t):
+        logits = _chunk_logits(jnp.take(hidden, r, axis=0), unembedding)
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, t[:, None], axis=-1, mode="clip")[:, 0]
         valid = (t >= 0) & (t < vocab)
         return jnp.where(valid, picked - lse, jnp.nan), lse
 
-    def skip(h, t):
-        zeros = jax.lax.full_like(h, 0, jnp.float32, shape=t.shape)
+    def skip(r, t):
+        zeros = jax.lax.full_like(hidden, 0, jnp.float32, shape=t.shape)
         return zeros, zeros
 
     def body(carry, xs):
-        h, t, m = xs
-        return carry, jax.lax.cond(jnp.any(m), project, skip, h, t)
+        r, t, m = xs
+        return carry, jax.lax.cond(jnp.any(m), project, skip, r, t)
 
-    xs = (_split(hidden, chunk_size), _split(targets, chunk_size), _split(mask, chunk_size))
+    xs = tuple(_split(x, chunk_size) for x in (rows, targets, mask))
     _, (logps, lse) = jax.lax.scan(body, None, xs)
     return logps.reshape(-1), lse.reshape(-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def chunked_token_logps(
     hidden: jax.Array,
     unembedding: jax.Array,
     targets: jax.Array,
     mask: jax.Array,
+    rows: jax.Array,
     chunk_size: int,
 ) -> jax.Array:
-    """Per-token target log-probs from hidden states, chunked over tokens.
+    """Target log-probs of the hidden-state rows ``rows``, chunked over tokens.
+
+    Token ``i`` of the result is row ``rows[i]`` of ``hidden`` with target ``targets[i]``.
+    The rows are gathered one chunk at a time (no reordered copy of ``hidden`` is made), so
+    the caller orders the tokens freely, e.g. scored tokens first so that unscored ones fill
+    whole chunks, which are skipped.
 
     Args:
-      hidden: ``[n_tokens, d_model]`` final hidden states, any float dtype.
+      hidden: ``[n_rows, d_model]`` final hidden states, any float dtype.
       unembedding: ``[d_model, vocab]`` output projection, any float dtype.
-      targets: ``[n_tokens]`` int target ids in ``[0, vocab)``; others give NaN.
-      mask: ``[n_tokens]`` bool, True on the tokens the caller will use. Unused tokens get
+      targets: ``[m]`` int target ids in ``[0, vocab)``; others give NaN.
+      mask: ``[m]`` bool, True on the tokens the caller will use. Unused tokens get
         unspecified values (0 where their whole chunk is unused), and the caller must give
         them a zero cotangent.
-      chunk_size: Python int that divides ``n_tokens`` (the caller pads).
+      rows: ``[m]`` int row indices into ``hidden`` (repeats allowed, e.g. for padding).
+      chunk_size: Python int that divides ``m`` (the caller pads).
 
     Returns:
-      ``[n_tokens]`` float32 log-probs.
+      ``[m]`` float32 log-probs.
     """
-    return _forward(hidden, unembedding, targets, mask, chunk_size)[0]
+    return _forward(hidden, unembedding, targets, mask, rows, chunk_size)[0]
 
 
-def _fwd(hidden, unembedding, targets, mask, chunk_size):
-    logps, lse = _forward(hidden, unembedding, targets, mask, chunk_size)
-    return logps, (hidden, unembedding, targets, lse)
+def _fwd(hidden, unembedding, targets, mask, rows, chunk_size):
+    logps, lse = _forward(hidden, unembedding, targets, mask, rows, chunk_size)
+    return logps, (hidden, unembedding, targets, rows, lse)
 
 
 def _bwd(chunk_size, residuals, g):
-    hidden, unembedding, targets, lse = residuals
+    hidden, unembedding, targets, rows, lse = residuals
     d_model, vocab = unembedding.shape
     block = min(vocab, max(1, LOGITS_BUDGET // d_model))  # columns per d_unembedding update
 
-    def accumulate(d_unembedding, h, t, lse_c, g_c):
+    def accumulate(carry, r, t, lse_c, g_c):
+        d_unembedding, d_hidden = carry
+        h = jnp.take(hidden, r, axis=0)
         probs = jnp.exp(_chunk_logits(h, unembedding) - lse_c[:, None])
         dlogits = g_c[:, None] * (jax.nn.one_hot(t, vocab, dtype=jnp.float32) - probs)
         # Guard: a token with zero cotangent (masked, or padding) contributes exactly zero,
@@ -168,6 +178,8 @@ def _bwd(chunk_size, residuals, g):
         dlogits = jnp.where(inert, 0.0, dlogits)
         h = jnp.where(inert, jnp.zeros((), h.dtype), h)
         d_h = jnp.matmul(dlogits, unembedding.T, preferred_element_type=jnp.float32)
+        # Scatter-add into the rows: repeated (padding) rows add exact zeros.
+        d_hidden = d_hidden.at[r].add(d_h.astype(hidden.dtype), mode="drop")
 
         # d_unembedding += h.T @ dlogits, one block of vocab columns at a time (updated in
         # place), where one [d_model, vocab] product would be a temporary as large as the
@@ -186,35 +198,28 @@ def _bwd(chunk_size, residuals, g):
         )
         if vocab % block:
             d_unembedding = add_block(num_full * block, d_unembedding, vocab % block)
-        return d_unembedding, d_h.astype(hidden.dtype)
+        return d_unembedding, d_hidden
 
-    def skip(d_unembedding, h, t, lse_c, g_c):
-        return d_unembedding, jnp.zeros_like(h)
+    def skip(carry, r, t, lse_c, g_c):
+        return carry
 
-    def body(d_unembedding, xs):
-        return jax.lax.cond(jnp.any(xs[-1] != 0), accumulate, skip, d_unembedding, *xs)
+    def body(carry, xs):
+        return jax.lax.cond(jnp.any(xs[-1] != 0), accumulate, skip, carry, *xs), None
 
-    xs = (
-        _split(hidden, chunk_size),
-        _split(targets, chunk_size),
-        _split(lse, chunk_size),
-        _split(g.astype(jnp.float32), chunk_size),
+    xs = tuple(_split(x, chunk_size) for x in (rows, targets, lse, g.astype(jnp.float32)))
+    # full_like, not zeros: inside shard_map the accumulators must vary like the hidden states.
+    init = (
+        jax.lax.full_like(hidden, 0, jnp.float32, shape=(d_model, vocab)),
+        jnp.zeros_like(hidden),
     )
-    # full_like, not zeros: inside shard_map the accumulator must vary like the hidden states.
-    init = jax.lax.full_like(hidden, 0, jnp.float32, shape=(d_model, vocab))
-    d_unembedding, d_hidden = jax.lax.scan(body, init, xs)
+    (d_unembedding, d_hidden), _ = jax.lax.scan(body, init, xs)
     # Inside shard_map, a W replicated across axes that the tokens vary over gets the sum of
     # the per-device partial gradients (what the implicit broadcast of W transposes to):
     # one all-reduce, after all chunks.
     summed_axes = _varying_axes(d_unembedding) - _varying_axes(unembedding)
     if summed_axes:
         d_unembedding = jax.lax.psum(d_unembedding, tuple(sorted(summed_axes)))
-    return (
-        d_hidden.reshape(hidden.shape),
-        d_unembedding.astype(unembedding.dtype),
-        None,
-        None,
-    )
+    return d_hidden, d_unembedding.astype(unembedding.dtype), None, None, None
 
 
 chunked_token_logps.defvjp(_fwd, _bwd)

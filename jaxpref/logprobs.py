@@ -180,10 +180,10 @@ def sequence_logps_from_hidden(
 
     accumulating :math:`\partial W` in float32. Peak extra memory is a few chunk-sized
     buffers plus the float32 ``[d_model, vocab]`` gradient accumulator, instead of several
-    ``[..., time, vocab]`` arrays. With ``where``, the tokens are reordered scored-first (a
-    stable sort of the mask; one ``[n_tokens, d_model]`` gather) and a chunk with no scored
-    token skips the projection in both passes, so prompt and padding tokens cost (almost)
-    nothing. Masking and averaging are applied outside the custom VJP
+    ``[..., time, vocab]`` arrays. With ``where``, the tokens are taken scored-first (a stable
+    sort of the mask; the hidden states are gathered chunk by chunk, never copied whole) and
+    a chunk with no scored token skips the projection in both passes, so prompt and padding
+    tokens cost (almost) nothing. Masking and averaging are applied outside the custom VJP
     in plain JAX, and masked tokens' targets are replaced with 0 first; inside the custom VJP
     a token with zero cotangent has its hidden state and logit gradient zeroed chunk by
     chunk. So masked tokens contribute exactly zero, with no NaN, to values and gradients,
@@ -246,28 +246,27 @@ def sequence_logps_from_hidden(
 
     flat_hidden = hidden.reshape(n_tokens, d_model)
     flat_targets = targets.reshape(n_tokens).astype(jnp.int32)
-    order = None
     if where is None:
         mask = jnp.ones((n_tokens,), bool)
+        rows = jnp.arange(n_tokens, dtype=jnp.int32)
     else:
         mask = where.reshape(n_tokens)
-        # Hidden states are not copied here: the custom VJP zeroes masked tokens per chunk.
         flat_targets = jnp.where(mask, flat_targets, 0)
-        if n_tokens > chunk_size:
-            # Scored tokens first (a stable sort keeps their order), so that prompt and
-            # padding tokens fill whole chunks, which skip the vocabulary projection.
-            order = jnp.argsort(~mask, stable=True)
-            flat_hidden, flat_targets, mask = flat_hidden[order], flat_targets[order], mask[order]
+        # Scored tokens first (a stable sort keeps their order), so that prompt and padding
+        # tokens fill whole chunks, which skip the vocabulary projection. Only the [n_tokens]
+        # index vectors are reordered; the hidden states are gathered chunk by chunk.
+        rows = jnp.argsort(~mask, stable=True).astype(jnp.int32)
+        flat_targets, mask = flat_targets[rows], mask[rows]
     pad = -n_tokens % chunk_size
-    if pad:
-        flat_hidden = jnp.pad(flat_hidden, ((0, pad), (0, 0)))
+    if pad:  # masked padding tokens that point at row 0
         flat_targets = jnp.pad(flat_targets, (0, pad))
         mask = jnp.pad(mask, (0, pad))
+        rows = jnp.pad(rows, (0, pad))
 
     token_lp = _chunked_logps.chunked_token_logps(
-        flat_hidden, unembedding, flat_targets, mask, chunk_size
+        flat_hidden, unembedding, flat_targets, mask, rows, chunk_size
     )
     token_lp = jnp.where(mask, token_lp, 0.0)[:n_tokens]
-    if order is not None:
-        token_lp = jnp.zeros_like(token_lp).at[order].set(token_lp, unique_indices=True)
+    if where is not None:  # back to the callers' order
+        token_lp = jnp.zeros_like(token_lp).at[rows[:n_tokens]].set(token_lp, unique_indices=True)
     return _reduce(token_lp.reshape(targets.shape), where, average)
