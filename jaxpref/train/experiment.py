@@ -84,7 +84,10 @@ def main(
     parser.add_argument("--small", action="store_true", help="the test-suite size")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # force: importing the engine may already have given the root logger a handler (absl
+    # does on its first message), which would make a plain basicConfig a no-op and keep the
+    # scripts' INFO messages hidden.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     maybe_initialize_distributed()
     config = type(default_config).small() if args.small else default_config
     config = apply_overrides(config, args.overrides)
