@@ -38,9 +38,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _batches import random_item_batch
 
 try:
     from jaxpref import models
@@ -79,25 +81,6 @@ def model_flops(config: models.TransformerConfig, seq: int, tokens: int, scored:
     head = 2 * config.d_model * config.vocab_size * scored
     forward = body + attention + head
     return 3 * forward + forward  # policy trained, reference forward
-
-
-def synthetic_batch(vocab: int, pairs: int, prompt: int, response: int, seed: int = 0):
-    """Pairs in the engine's ``[B, 2, T]`` layout: a shared prompt, then two responses."""
-    t = prompt + response
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, vocab, (pairs, 2, t)).astype(np.int32)
-    ids[:, 1, :prompt] = ids[:, 0, :prompt]
-    targets = np.concatenate([ids[..., 1:], np.zeros((pairs, 2, 1), np.int32)], -1)
-    loss_mask = np.broadcast_to(np.arange(t) >= prompt - 1, ids.shape).copy()
-    loss_mask[..., -1] = False
-    return {
-        "input_ids": ids,
-        "targets": targets,
-        "loss_mask": loss_mask,
-        "attention_mask": np.ones(ids.shape, bool),
-        "positions": np.broadcast_to(np.arange(t), ids.shape).astype(np.int32),
-        "example_mask": np.ones(pairs, bool),
-    }
 
 
 def parse_args(argv=None):
@@ -141,7 +124,8 @@ def main(argv=None) -> dict:
     del model, params
     objective = objectives.Objective("dpo", {"beta": 0.1})
     step_fn = sharded.jit_step(train_step.make_train_step(model_def, objective, optimizer), state)
-    batch = sharded.place_batch(synthetic_batch(config.vocab_size, pairs, prompt, response), None)
+    host_batch = random_item_batch(config.vocab_size, pairs, 2, prompt, response)
+    batch = sharded.place_batch(host_batch, None)
 
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()

@@ -76,24 +76,11 @@ LEARNING_RATE = 1e-5
 
 def _synthetic_batch(cfg: dict, seed: int = 0) -> dict:
     """Pairs in jaxpref's batch layout (``[B, 2, T]``): prompt then response, no padding."""
-    import numpy as np
+    from _batches import random_item_batch
 
-    b, p, r = cfg["pairs"], cfg["prompt"], cfg["response"]
-    t = p + r
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, cfg["vocab"], (b, 2, t)).astype(np.int32)
-    ids[:, 1, :p] = ids[:, 0, :p]  # chosen and rejected share the prompt
-    targets = np.concatenate([ids[..., 1:], np.zeros((b, 2, 1), np.int32)], -1)
-    loss_mask = np.broadcast_to(np.arange(t) >= p - 1, ids.shape).copy()  # response targets
-    loss_mask[..., -1] = False
-    return {
-        "input_ids": ids,
-        "targets": targets,
-        "loss_mask": loss_mask,
-        "attention_mask": np.ones(ids.shape, bool),
-        "positions": np.broadcast_to(np.arange(t), ids.shape).astype(np.int32),
-        "example_mask": np.ones(b, bool),
-    }
+    return random_item_batch(
+        cfg["vocab"], cfg["pairs"], 2, cfg["prompt"], cfg["response"], seed=seed
+    )
 
 
 def run_jaxpref(cfg: dict, variant: str, steps: int, warmup: int, seed: int = 0) -> dict:

@@ -135,22 +135,12 @@ def _model(cfg: dict, seed: int = 0):
 
 def _list_batch(cfg: dict, lists: int, k: int, seed: int = 0) -> dict:
     import numpy as np
+    from _batches import random_item_batch
 
-    p, r = cfg["prompt"], cfg["response"]
-    t = p + r
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, cfg["vocab"], (lists, k, t)).astype(np.int32)
-    ids[:, :, :p] = ids[:, :1, :p]  # one prompt per list
-    targets = np.concatenate([ids[..., 1:], np.zeros((lists, k, 1), np.int32)], -1)
-    loss_mask = np.broadcast_to(np.arange(t) >= p - 1, ids.shape).copy()
-    loss_mask[..., -1] = False
+    batch = random_item_batch(cfg["vocab"], lists, k, cfg["prompt"], cfg["response"], seed=seed)
+    rng = np.random.default_rng(seed + 1)
     return {
-        "input_ids": ids,
-        "targets": targets,
-        "loss_mask": loss_mask,
-        "attention_mask": np.ones(ids.shape, bool),
-        "positions": np.broadcast_to(np.arange(t), ids.shape).astype(np.int32),
-        "example_mask": np.ones(lists, bool),
+        **batch,
         "item_mask": np.ones((lists, k), bool),
         "scores": rng.normal(size=(lists, k)).astype(np.float32),
     }
