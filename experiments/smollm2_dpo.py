@@ -20,14 +20,26 @@ A real model on a CPU: the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smoll
 5. **DPO** (``objective``, any registered pairwise objective) with the loaded model as the
    frozen reference, then the held-out evaluation again (same prompts, greedy).
 
+What to expect (2-core CPU, shared with other jobs; seed 0): the held-out judge score goes
+from 4.3 to about 50-57 (credit about 40 -> 75-79) in 5-10 minutes, depending on the load.
+The gain is in the kinds whose fix is "say less, in the asked shape": one word, at most N
+words, a question (each from 0-14% to 65-100%). Two kinds do not move: ``number`` (the model
+keeps writing "20 + 1 = 21"; its samples almost never hold a bare number, so the pairs
+rarely show one) and ``lowercase`` (its samples nearly all start with a capital). The judge
+checks form, not content, and DPO finds its blind spots: some short replies are off topic
+("SNACK" for "describe the sea in at most 5 words"). Choices: ``learning_rate`` 2e-5 beat
+1e-5 (about 41 after the same 16 steps); 6 samples per prompt instead of 4 gave more pairs
+but not a higher score (50 vs 57 for seed 0); ``temperature`` 0.7 keeps the samples
+readable (at 1.0 most are word salad).
+
 Labels come from the programmatic judge; the CDR alternative (log density ratio of the model
 with and without a criteria system prompt, :func:`jaxpref.rewards.density_ratio_reward`) is
 not wired in here.
 
 ``small()`` is the test suite's smoke configuration: the first two of the 30 layers of the
 same checkpoint (a cheap compile; its replies are gibberish), a few prompts, one DPO step.
-The full default runs in about 10-15 minutes on a 2-core CPU, most of it in the DPO steps
-(about 10-30 s each for 8 pairs of about 80 tokens, depending on the machine's load).
+The full default's time goes to compiling the update step (one to three minutes), sampling
+(520 replies) and the 16 DPO steps (5-30 s each for 8 pairs of at most 81 tokens).
 
 Run: ``python experiments/smollm2_dpo.py --workdir runs/smollm2_dpo`` (``--small``; ``--set
 train.num_steps=24``, ``--set objective=ipo``, ``--set temperature=1.0``, ...). The workdir
@@ -104,7 +116,7 @@ class Config:
     sample_batch_size: int = 64
     objective: str = "dpo"
     objective_options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"beta": 0.1})
-    train: Phase = Phase(num_steps=16, batch_size=8, learning_rate=1e-5, warmup_steps=2)
+    train: Phase = Phase(num_steps=16, batch_size=8, learning_rate=2e-5, warmup_steps=2)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -247,13 +259,15 @@ def best_vs_worst(ids: Sequence[np.ndarray], replies: Replies) -> tuple[list[Any
 
 
 def scores(prompts: Sequence[instructions.Prompt], replies: Replies) -> dict[str, Any]:
-    """Judge score and credit (0-100) over all prompts and per kind."""
-    passed, credit = replies.passed[:, 0], replies.credit[:, 0]
+    """Pass rate (``score``) and credit, 0-100, of all replies, and pass rate per kind."""
     kinds = np.array([p.kind for p in prompts])
-    out = {"score": round(100 * float(passed.mean()), 2), "credit": round(100 * credit.mean(), 2)}
+    out = {
+        "score": round(100 * float(replies.passed.mean()), 2),
+        "credit": round(100 * float(replies.credit.mean()), 2),
+    }
     for kind in instructions.KINDS:
         if (kinds == kind).any():
-            out[f"score/{kind}"] = round(100 * float(passed[kinds == kind].mean()), 2)
+            out[f"score/{kind}"] = round(100 * float(replies.passed[kinds == kind].mean()), 2)
     return out
 
 
@@ -291,6 +305,9 @@ def run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
         desc="sampling",
     )
     examples, stats = best_vs_worst(train_ids, samples)
+    stats["sample_pass_rate_by_kind"] = {
+        k.split("/")[1]: v for k, v in scores(train_prompts, samples).items() if "/" in k
+    }
     log.info("pairs: %s", stats)
     if not examples:
         raise RuntimeError("every prompt's replies tie; nothing to learn from")
@@ -417,6 +434,9 @@ def summary_body(config: Config, results: Mapping[str, Any], shown: list[dict[st
             "got the same credit), of which all replies passed, and the pass rate and credit "
             "of all samples (percent):",
             markdown_table([pairs]),
+            "Samples passing, per kind (percent; a kind whose samples never pass gives pairs "
+            "that cannot show a passing reply):",
+            markdown_table([results["sample_pass_rate_by_kind"]]),
             "Greedy replies to the first held-out prompts (✓: passes):",
             markdown_table(shown, ["kind", "prompt", "before", "after"]),
             f"DPO seconds: {results['dpo_seconds']}.",
