@@ -20,17 +20,18 @@ A real model on a CPU: the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smoll
 5. **DPO** (``objective``, any registered pairwise objective) with the loaded model as the
    frozen reference, then the held-out evaluation again (same prompts, greedy).
 
-What to expect (2-core CPU, shared with other jobs; seed 0): the held-out judge score goes
-from 4.3 to about 50-57 (credit about 40 -> 75-79) in 5-10 minutes, depending on the load.
-The gain is in the kinds whose fix is "say less, in the asked shape": one word, at most N
-words, a question (each from 0-14% to 65-100%). Two kinds do not move: ``number`` (the model
-keeps writing "20 + 1 = 21"; its samples almost never hold a bare number, so the pairs
-rarely show one) and ``lowercase`` (its samples nearly all start with a capital). The judge
-checks form, not content, and DPO finds its blind spots: some short replies are off topic
-("SNACK" for "describe the sea in at most 5 words"). Choices: ``learning_rate`` 2e-5 beat
-1e-5 (about 41 after the same 16 steps); 6 samples per prompt instead of 4 gave more pairs
-but not a higher score (50 vs 57 for seed 0); ``temperature`` 0.7 keeps the samples
-readable (at 1.0 most are word salad).
+What to expect (2-core CPU shared with other jobs, 2026-11-25): the held-out judge score
+goes from 4.3 to 57.1 (seed 0) and 54.3 (seed 1), credit from 40 to 79 and 75, in about 270 s
+on a lightly loaded machine (10 minutes under heavy load). The gain is in the kinds whose fix
+is "say less, in the asked shape": one word, at most N words, a question (from 0-14% to
+86-100% each). Two kinds do not move: ``number`` (the model keeps writing "20 + 1 = 21")
+and ``lowercase`` (it starts with a capital): none or almost none of their samples pass
+(``sample_pass_rate_by_kind``), so their pairs never show the asked form. The judge checks
+form, not content, and DPO finds its blind spots: some short replies are off topic ("SNACK"
+for "describe the sea in at most 5 words"). Choices, seed 0: ``learning_rate`` 2e-5 beat
+1e-5 (41.4 after the same 16 steps); 6 samples per prompt instead of 4 gave more pairs but
+not a higher score (50.0); ``temperature`` 0.7 keeps the samples readable (at 1.0 most are
+word salad).
 
 Labels come from the programmatic judge; the CDR alternative (log density ratio of the model
 with and without a criteria system prompt, :func:`jaxpref.rewards.density_ratio_reward`) is
@@ -39,7 +40,8 @@ not wired in here.
 ``small()`` is the test suite's smoke configuration: the first two of the 30 layers of the
 same checkpoint (a cheap compile; its replies are gibberish), a few prompts, one DPO step.
 The full default's time goes to compiling the update step (one to three minutes), sampling
-(520 replies) and the 16 DPO steps (5-30 s each for 8 pairs of at most 81 tokens).
+520 replies (about a minute) and the 16 DPO steps (5-30 s each for 8 pairs of at most 81
+tokens).
 
 Run: ``python experiments/smollm2_dpo.py --workdir runs/smollm2_dpo`` (``--small``; ``--set
 train.num_steps=24``, ``--set objective=ipo``, ``--set temperature=1.0``, ...). The workdir
@@ -424,7 +426,7 @@ def summary_body(config: Config, results: Mapping[str, Any], shown: list[dict[st
             f"Judge score on {results['num_eval']} held-out prompts (percent of greedy replies "
             "passing every check of their constraint): "
             f"**{results['judge_score_before']:.1f} -> {results['judge_score_after']:.1f}** "
-            f"({results['improvement']:+.1f} points) after {results['dpo_steps']} steps of "
+            f"({results['improvement']:+.1f} points) after {results['dpo_steps']} step(s) of "
             f"`{config.objective}` {dict(config.objective_options)} (batch "
             f"{config.train.batch_size}, learning rate {config.train.learning_rate:g}) on "
             f"best-vs-worst pairs of {config.num_samples} replies per training prompt at "
