@@ -13,9 +13,9 @@ after global-norm clipping at 1.0. Nothing is downloaded.
   Variants: ``default`` (chunked log-probs from hidden states, the engine's default),
   ``naive`` (``chunked=False``: full ``[.., vocab]`` logits), ``precomputed`` (reference
   log-probs computed once, outside the step, and passed as ``reference_logps``; the
-  one-off cost is reported as ``precompute_s``) and ``remat`` (``remat="full"`` per layer;
-  as of jax 0.10.2 / flax 0.12.8 it fails at trace time with flax's ``TraceContextError``,
-  which the table reports as the row's result; see BENCHMARKS.md).
+  one-off cost is reported as ``precompute_s``) and ``remat`` (``remat="full"``: every
+  layer's activations recomputed in the backward pass). A variant that fails is reported
+  in the table with its error, not dropped.
 * TRL: ``benchmarks/peers/trl_dpo_step.py`` in its own environment (torch 2.13.0 CPU);
   variants ``default``, ``grad_ckpt``, ``precomputed``. Its docstring says what is timed.
 * tunix: ``benchmarks/peers/tunix_dpo_step.py`` in its own environment (google-tunix, JAX);

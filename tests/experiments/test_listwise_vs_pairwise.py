@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,32 +10,15 @@ import pytest
 from jaxpref.tasks import arithmetic, judged
 from jaxpref.train.metric_logging import read_metrics
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "listwise_vs_pairwise.py"
+from .scripts import load_script, run_script
+
 ARMS = ("dpo_best_vs_worst", "dpo_all_pairs", "plackett_luce", "lipo_lambda", "pro")
 
 pytestmark = pytest.mark.slow
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("listwise_vs_pairwise", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_small_config_every_objective_scored_on_the_same_data(tmp_path):
-    # One device: the subprocess does not inherit the test session's 8 fake devices.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--workdir", str(tmp_path), "--small"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-        env=env,
-    )
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_script("listwise_vs_pairwise", tmp_path, "--small")
     scores, before = results["judge_score"], results["judge_score_before"]
     assert set(scores) == set(ARMS) == set(results["train_seconds"]) - {"sft"}
     assert all(0 <= s <= 100 for s in [before, *scores.values()])
@@ -67,7 +45,7 @@ def test_small_config_every_objective_scored_on_the_same_data(tmp_path):
 
 
 def test_all_pairs_takes_every_pair_with_different_credit():
-    module = load_script()
+    module = load_script("listwise_vs_pairwise")
     task = arithmetic.Addition()
     problems = np.array([[7, 45], [10, 10]])  # answers 052 and 020, written 250 and 020
     texts = [["250", "350", "240"], ["020", "020", "020"]]
@@ -86,7 +64,7 @@ def test_all_pairs_takes_every_pair_with_different_credit():
 
 
 def test_config_checks():
-    module = load_script()
+    module = load_script("listwise_vs_pairwise")
     assert module.Config().base.rounds == 1
     with pytest.raises(ValueError, match="rounds"):
         module.Config(base=module.quickstart.Config(rounds=2))

@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from jaxpref.train.metric_logging import read_metrics
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "quickstart.py"
+from .scripts import load_script, run_script
 
 pytestmark = pytest.mark.slow
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("quickstart", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_small_config_improves_the_held_out_judge_score(tmp_path):
-    # One device: the subprocess does not inherit the test session's 8 fake devices.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--workdir", str(tmp_path), "--small"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-        env=env,
-    )
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_script("quickstart", tmp_path, "--small")
     assert results["objective"] == "dpo"
     assert results["seconds"] > 0
     before, after = results["judge_score_before"], results["judge_score_after"]
@@ -66,7 +43,7 @@ def test_small_config_improves_the_held_out_judge_score(tmp_path):
 
 def test_a_listwise_objective_by_name_through_the_command_line(tmp_path):
     """Plumbing only (a few steps): ranked lists of judged samples reach plackett_luce."""
-    quickstart = load_script()
+    quickstart = load_script("quickstart")
     Phase = quickstart.Phase
     tiny = dataclasses.replace(
         quickstart.Config(),
@@ -102,7 +79,7 @@ def test_a_listwise_objective_by_name_through_the_command_line(tmp_path):
 
 
 def test_objectives_the_quickstart_cannot_feed_are_refused(tmp_path):
-    quickstart = load_script()
+    quickstart = load_script("quickstart")
     assert quickstart.family("ipo") == "pairwise"
     assert quickstart.family("lipo_lambda") == "listwise"
     with pytest.raises(ValueError, match="pairwise"):

@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "ranking_accuracy.py"
+from .scripts import load_script, run_script
 
 pytestmark = pytest.mark.slow
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("ranking_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_small_config_observed_and_idealized_ranking_accuracy(tmp_path):
-    # One device: the subprocess does not inherit the test session's 8 fake devices.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--workdir", str(tmp_path), "--small"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-        env=env,
-    )
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_script("ranking_accuracy", tmp_path, "--small")
     config = json.loads((tmp_path / "config.json").read_text())
     observed, idealized = results["observed"], results["idealized"]
     assert 0 <= observed <= 1 and 0 <= idealized <= 1
@@ -79,7 +56,7 @@ def test_small_config_observed_and_idealized_ranking_accuracy(tmp_path):
 
 
 def test_alpha_and_the_config_checks():
-    module = load_script()
+    module = load_script("ranking_accuracy")
     credit = np.array([[1.0, 0.75], [0.5, 0.0]])
     alpha = module.alpha(credit, 0.25)
     np.testing.assert_allclose(np.log(alpha / (1 - alpha)), [1.0, 2.0], rtol=1e-12)

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from jaxpref.models.gguf import smollm2_gguf_path
 from jaxpref.train.metric_logging import read_metrics
 
+from .scripts import run_script
+
 pytest.importorskip("gguf")
 pytest.importorskip("transformers")
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "smollm2_dpo.py"
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,16 +25,7 @@ pytestmark = [
 
 
 def test_small_config_runs_one_dpo_step_and_writes_the_reports(tmp_path):
-    # One device: the subprocess does not inherit the test session's 8 fake devices.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--workdir", str(tmp_path), "--small"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-        env=env,
-    )
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_script("smollm2_dpo", tmp_path, "--small")
     assert results["objective"] == "dpo"
     assert results["seconds"] > 0
     for key in ("judge_score_before", "judge_score_after", "credit_before", "credit_after"):

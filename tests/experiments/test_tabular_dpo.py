@@ -3,29 +3,13 @@ claims."""
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "tabular_dpo.py"
+from .scripts import load_script, run_script
 
 
 def test_small_config_through_the_command_line(tmp_path):
-    # One device: the subprocess does not need the test session's 8 fake devices.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--workdir", str(tmp_path), "--small"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env=env,
-    )
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_script("tabular_dpo", tmp_path, "--small", timeout=300)
     assert results["seconds"] > 0 and (tmp_path / "config.json").exists()
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith("# Pairwise objectives on a tabular bandit")
@@ -42,11 +26,7 @@ def test_small_config_through_the_command_line(tmp_path):
 
 
 def test_overrides_and_refusals(tmp_path):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import tabular_dpo
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    tabular_dpo = load_script("tabular_dpo")
     from jaxpref.train import experiment
 
     argv = ["--workdir", str(tmp_path), "--small", "--set", "objectives=('dpo',)"]

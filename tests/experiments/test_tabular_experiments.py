@@ -7,31 +7,19 @@ does, and checks ``results.json`` for the headline keys and only the robust part
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 
 from jaxpref.train import experiment
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def load(name: str):
-    """Imports ``experiments/NAME.py`` (not a package) as a module."""
-    path = ROOT / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from .scripts import load_script
 
 
 def run_small(name: str, workdir: pathlib.Path) -> dict:
-    module = load(name)
+    module = load_script(name)
     experiment.main(module.Config(), module.run, argv=["--workdir", str(workdir), "--small"])
     results = json.loads((workdir / "results.json").read_text())
     summary = (workdir / "summary.md").read_text()
@@ -52,7 +40,7 @@ def test_gpm_cyclic(tmp_path):
 
 
 def test_gpm_cyclic_bound_is_exact():
-    gpm_cyclic = load("gpm_cyclic")
+    gpm_cyclic = load_script("gpm_cyclic")
     for n, tournament in [(5, "random"), (6, "random"), (7, "random"), (7, "rotational")]:
         for seed in range(3):
             beats = gpm_cyclic.make_tournament(
