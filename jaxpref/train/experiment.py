@@ -25,6 +25,9 @@ from typing import Any
 from jaxpref.train.config import apply_overrides, to_dict
 from jaxpref.train.mesh import maybe_initialize_distributed
 
+#: Libraries whose INFO logging an experiment run shows only from WARNING up.
+QUIET_LOGGERS = ("absl", "orbax", "jax", "jaxlib")
+
 
 def save_plot(figure: Any, workdir: str | pathlib.Path, name: str) -> pathlib.Path:
     """Saves a matplotlib figure as ``workdir/name.png`` and closes it."""
@@ -88,6 +91,8 @@ def main(
     # does on its first message), which would make a plain basicConfig a no-op and keep the
     # scripts' INFO messages hidden.
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    for noisy in QUIET_LOGGERS:  # their INFO messages are progress chatter (checkpoint saves)
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     maybe_initialize_distributed()
     config = type(default_config).small() if args.small else default_config
     config = apply_overrides(config, args.overrides)

@@ -1,4 +1,4 @@
-"""The experiment command line: its log messages are shown."""
+"""The experiment command line: its log messages are shown, libraries' chatter is not."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def test_info_messages_are_shown_even_when_a_library_configured_logging_first(tm
 
         def run(config, workdir):
             logging.getLogger("recipe").info("recipe message size=%d", config.size)
+            absl_logging.info("absl chatter")  # orbax logs its checkpoint saves this way
+            logging.getLogger("orbax.checkpoint").info("orbax chatter")
+            absl_logging.warning("absl warning")
             return {"size": config.size}
 
         main(Config(), run, argv=["--workdir", sys.argv[1], "--small"])
@@ -40,4 +43,6 @@ def test_info_messages_are_shown_even_when_a_library_configured_logging_first(tm
         timeout=120,
     )
     assert "recipe message size=1" in out.stderr, out.stderr
+    assert "absl warning" in out.stderr  # libraries' warnings still show, their INFO not
+    assert "absl chatter" not in out.stderr and "orbax chatter" not in out.stderr
     assert (tmp_path / "results.json").exists()
