@@ -89,37 +89,52 @@ def _split(x: jax.Array, chunk_size: int) -> jax.Array:
     return x.reshape(x.shape[0] // chunk_size, chunk_size, *x.shape[1:])
 
 
+def _chunk_source(hidden: jax.Array, rows: jax.Array | None, chunk_size: int):
+    """Per-chunk scan inputs for the hidden states, and how a chunk's ``[c, d]`` is made.
+
+    Without ``rows`` the hidden states are split (a free reshape); with ``rows`` each chunk
+    gathers its rows, so no reordered copy of ``hidden`` is ever made.
+    """
+    if rows is None:
+        return _split(hidden, chunk_size), lambda h: h
+    return _split(rows, chunk_size), lambda r: jnp.take(hidden, r, axis=0)
+
+
 def _forward(
     hidden: jax.Array,
     unembedding: jax.Array,
     targets: jax.Array,
     mask: jax.Array,
-    rows: jax.Array,
+    rows: jax.Array | None,
     chunk_size: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns log-probs ``[m]`` and logsumexp ``[m]`` of the tokens ``rows``, chunk by chunk.
+    """Returns log-probs ``[m]`` and logsumexp ``[m]``, one chunk of tokens at a time.
 
-    A chunk with no scored token (``mask`` all False) is neither gathered nor projected: its
+    A chunk with no scored token (``mask`` all False) is not projected (nor gathered): its
     log-probs and logsumexp are 0.
     """
     vocab = unembedding.shape[1]
+    source, chunk_hidden = _chunk_source(hidden, rows, chunk_size)
 
-    def project(r, t):
-        logits = _chunk_logits(jnp.take(hidden, r, axis=0), unembedding)
+    def project(x, t):
+        logits = _chunk_logits(chunk_hidden(x), unembedding)
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, t[:, None], axis=-1, mode="clip")[:, 0]
         valid = (t >= 0) & (t < vocab)
         return jnp.where(valid, picked - lse, jnp.nan), lse
 
-    def skip(r, t):
+    def skip(x, t):
         zeros = jax.lax.full_like(hidden, 0, jnp.float32, shape=t.shape)
         return zeros, zeros
 
     def body(carry, xs):
-        r, t, m = xs
-        return carry, jax.lax.cond(jnp.any(m), project, skip, r, t)
+        x, t, m = xs
+        if single:  # nothing to skip; a cond would only cost XLA a buffer
+            return carry, project(x, t)
+        return carry, jax.lax.cond(jnp.any(m), project, skip, x, t)
 
-    xs = tuple(_split(x, chunk_size) for x in (rows, targets, mask))
+    single = targets.shape[0] == chunk_size
+    xs = (source, _split(targets, chunk_size), _split(mask, chunk_size))
     _, (logps, lse) = jax.lax.scan(body, None, xs)
     return logps.reshape(-1), lse.reshape(-1)
 
@@ -130,15 +145,15 @@ def chunked_token_logps(
     unembedding: jax.Array,
     targets: jax.Array,
     mask: jax.Array,
-    rows: jax.Array,
+    rows: jax.Array | None,
     chunk_size: int,
 ) -> jax.Array:
-    """Target log-probs of the hidden-state rows ``rows``, chunked over tokens.
+    """Per-token target log-probs from hidden states, chunked over tokens.
 
-    Token ``i`` of the result is row ``rows[i]`` of ``hidden`` with target ``targets[i]``.
-    The rows are gathered one chunk at a time (no reordered copy of ``hidden`` is made), so
-    the caller orders the tokens freely, e.g. scored tokens first so that unscored ones fill
-    whole chunks, which are skipped.
+    Token ``i`` of the result is row ``rows[i]`` of ``hidden`` (row ``i`` when ``rows`` is
+    None) with target ``targets[i]``. With ``rows`` the caller orders the tokens freely, e.g.
+    scored tokens first so that unscored ones fill whole chunks, which are skipped; the rows
+    are gathered one chunk at a time (no reordered copy of ``hidden`` is made).
 
     Args:
       hidden: ``[n_rows, d_model]`` final hidden states, any float dtype.
@@ -147,7 +162,8 @@ def chunked_token_logps(
       mask: ``[m]`` bool, True on the tokens the caller will use. Unused tokens get
         unspecified values (0 where their whole chunk is unused), and the caller must give
         them a zero cotangent.
-      rows: ``[m]`` int row indices into ``hidden`` (repeats allowed, e.g. for padding).
+      rows: ``[m]`` int row indices into ``hidden`` (repeats allowed, e.g. for padding), or
+        None: ``hidden`` has exactly the ``m`` rows, in order.
       chunk_size: Python int that divides ``m`` (the caller pads).
 
     Returns:
@@ -165,10 +181,10 @@ def _bwd(chunk_size, residuals, g):
     hidden, unembedding, targets, rows, lse = residuals
     d_model, vocab = unembedding.shape
     block = min(vocab, max(1, LOGITS_BUDGET // d_model))  # columns per d_unembedding update
+    source, chunk_hidden = _chunk_source(hidden, rows, chunk_size)
 
-    def accumulate(carry, r, t, lse_c, g_c):
-        d_unembedding, d_hidden = carry
-        h = jnp.take(hidden, r, axis=0)
+    def chunk_grads(d_unembedding, h, t, lse_c, g_c):
+        """This chunk's ``d_hidden [c, d]`` and ``d_unembedding`` updated with its share."""
         probs = jnp.exp(_chunk_logits(h, unembedding) - lse_c[:, None])
         dlogits = g_c[:, None] * (jax.nn.one_hot(t, vocab, dtype=jnp.float32) - probs)
         # Guard: a token with zero cotangent (masked, or padding) contributes exactly zero,
@@ -178,8 +194,6 @@ def _bwd(chunk_size, residuals, g):
         dlogits = jnp.where(inert, 0.0, dlogits)
         h = jnp.where(inert, jnp.zeros((), h.dtype), h)
         d_h = jnp.matmul(dlogits, unembedding.T, preferred_element_type=jnp.float32)
-        # Scatter-add into the rows: repeated (padding) rows add exact zeros.
-        d_hidden = d_hidden.at[r].add(d_h.astype(hidden.dtype), mode="drop")
 
         # d_unembedding += h.T @ dlogits, one block of vocab columns at a time (updated in
         # place), where one [d_model, vocab] product would be a temporary as large as the
@@ -198,21 +212,44 @@ def _bwd(chunk_size, residuals, g):
         )
         if vocab % block:
             d_unembedding = add_block(num_full * block, d_unembedding, vocab % block)
-        return d_unembedding, d_hidden
+        return d_unembedding, d_h.astype(hidden.dtype)
 
-    def skip(carry, r, t, lse_c, g_c):
-        return carry
+    single = targets.shape[0] == chunk_size  # nothing to skip; a cond would cost a buffer
 
-    def body(carry, xs):
-        return jax.lax.cond(jnp.any(xs[-1] != 0), accumulate, skip, carry, *xs), None
+    def when_active(g_c, compute, skip, *operands):
+        if single:
+            return compute(*operands)
+        return jax.lax.cond(jnp.any(g_c != 0), compute, skip, *operands)
 
-    xs = tuple(_split(x, chunk_size) for x in (rows, targets, lse, g.astype(jnp.float32)))
+    xs = (source, *(_split(x, chunk_size) for x in (targets, lse, g.astype(jnp.float32))))
     # full_like, not zeros: inside shard_map the accumulators must vary like the hidden states.
-    init = (
-        jax.lax.full_like(hidden, 0, jnp.float32, shape=(d_model, vocab)),
-        jnp.zeros_like(hidden),
-    )
-    (d_unembedding, d_hidden), _ = jax.lax.scan(body, init, xs)
+    d_unembedding = jax.lax.full_like(hidden, 0, jnp.float32, shape=(d_model, vocab))
+    if rows is None:  # chunk i's d_hidden is rows [i*c, (i+1)*c): stacked scan outputs
+
+        def body(acc, xs):
+            x, t, lse_c, g_c = xs
+            return when_active(
+                g_c,
+                lambda: chunk_grads(acc, x, t, lse_c, g_c),
+                lambda: (acc, jnp.zeros_like(x)),
+            )
+
+        d_unembedding, d_hidden = jax.lax.scan(body, d_unembedding, xs)
+        d_hidden = d_hidden.reshape(hidden.shape)
+    else:  # scatter-add into the gathered rows; repeated (padding) rows add exact zeros
+
+        def body(carry, xs):
+            r, t, lse_c, g_c = xs
+
+            def update(acc, d_hidden):
+                acc, d_h = chunk_grads(acc, chunk_hidden(r), t, lse_c, g_c)
+                return acc, d_hidden.at[r].add(d_h, mode="drop")
+
+            return when_active(g_c, update, lambda *c: c, *carry), None
+
+        (d_unembedding, d_hidden), _ = jax.lax.scan(
+            body, (d_unembedding, jnp.zeros_like(hidden)), xs
+        )
     # Inside shard_map, a W replicated across axes that the tokens vary over gets the sum of
     # the per-device partial gradients (what the implicit broadcast of W transposes to):
     # one all-reduce, after all chunks.

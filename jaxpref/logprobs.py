@@ -246,27 +246,31 @@ def sequence_logps_from_hidden(
 
     flat_hidden = hidden.reshape(n_tokens, d_model)
     flat_targets = targets.reshape(n_tokens).astype(jnp.int32)
+    rows = None  # tokens in their own order, hidden states split into chunks as they are
     if where is None:
         mask = jnp.ones((n_tokens,), bool)
-        rows = jnp.arange(n_tokens, dtype=jnp.int32)
     else:
         mask = where.reshape(n_tokens)
         flat_targets = jnp.where(mask, flat_targets, 0)
-        # Scored tokens first (a stable sort keeps their order), so that prompt and padding
-        # tokens fill whole chunks, which skip the vocabulary projection. Only the [n_tokens]
-        # index vectors are reordered; the hidden states are gathered chunk by chunk.
-        rows = jnp.argsort(~mask, stable=True).astype(jnp.int32)
-        flat_targets, mask = flat_targets[rows], mask[rows]
+        if n_tokens > chunk_size:
+            # Scored tokens first (a stable sort keeps their order), so that prompt and
+            # padding tokens fill whole chunks, which skip the vocabulary projection. Only
+            # index vectors are reordered; the hidden states are gathered chunk by chunk.
+            rows = jnp.argsort(~mask, stable=True).astype(jnp.int32)
+            flat_targets, mask = flat_targets[rows], mask[rows]
     pad = -n_tokens % chunk_size
-    if pad:  # masked padding tokens that point at row 0
+    if pad:  # masked padding tokens (pointing at row 0 when the rows are gathered)
         flat_targets = jnp.pad(flat_targets, (0, pad))
         mask = jnp.pad(mask, (0, pad))
-        rows = jnp.pad(rows, (0, pad))
+        if rows is None:
+            flat_hidden = jnp.pad(flat_hidden, ((0, pad), (0, 0)))
+        else:
+            rows = jnp.pad(rows, (0, pad))
 
     token_lp = _chunked_logps.chunked_token_logps(
         flat_hidden, unembedding, flat_targets, mask, rows, chunk_size
     )
     token_lp = jnp.where(mask, token_lp, 0.0)[:n_tokens]
-    if where is not None:  # back to the callers' order
+    if rows is not None:  # back to the caller's order
         token_lp = jnp.zeros_like(token_lp).at[rows[:n_tokens]].set(token_lp, unique_indices=True)
     return _reduce(token_lp.reshape(targets.shape), where, average)
