@@ -26,7 +26,9 @@ the regularised game is not expected to vanish. With a constant step, Nash-MD an
 can circle the equilibrium when β is small, and Nash-MD's fixed point is ``O(ηβ)`` away from
 it. EGPO's last iterate converges linearly (the paper's result for β > 0).
 
-Run: ``python experiments/egpo_tabular.py --workdir runs/egpo_tabular [--small]``.
+Run: ``python experiments/egpo_tabular.py --workdir runs/egpo_tabular [--small]``. The
+plotted gap curves (mean over games, at most ``plot_points`` per curve, stepped by update) go
+to ``metrics.jsonl`` and TensorBoard as ``{exact,sampled}/beta_{β}/{method}/gap``.
 """
 
 from __future__ import annotations
@@ -280,6 +282,11 @@ def summarise(gaps: np.ndarray, threshold: float) -> dict:
     }
 
 
+def curve_points(length: int, max_points: int) -> np.ndarray:
+    """At most ``max_points`` evenly spaced record indices of a ``length``-record curve."""
+    return np.unique(np.linspace(0, length - 1, max_points).astype(int))
+
+
 def plot(curves: dict, config: Config, workdir: pathlib.Path) -> list[str]:
     import matplotlib.pyplot as plt
 
@@ -288,7 +295,7 @@ def plot(curves: dict, config: Config, workdir: pathlib.Path) -> list[str]:
     for ax, panel in zip(axes[0], panels, strict=True):
         for method, gaps in curves[panel]["gaps"].items():
             mean = np.mean(gaps, axis=0)
-            idx = np.unique(np.linspace(0, len(mean) - 1, config.plot_points).astype(int))
+            idx = curve_points(len(mean), config.plot_points)
             ax.plot(
                 idx * curves[panel]["stride"], np.maximum(mean[idx], 1e-12), label=LABELS[method]
             )
@@ -308,6 +315,7 @@ def run(config: Config, workdir: pathlib.Path) -> dict:
     k = config.num_actions
     results: dict = {"threshold": config.threshold}
     curves: dict = {}
+    logged, logged_steps = {}, {}  # the plotted points, for metrics.jsonl and TensorBoard
     rows = []
     modes = [("exact", s) for s in config.exact] + [("sampled", s) for s in config.sampled]
     key = _key(config.seed + 1)
@@ -328,6 +336,10 @@ def run(config: Config, workdir: pathlib.Path) -> dict:
                 gaps = run_sampled(method, config, preference, reference, beta, steps, lr, eta, sub)
             gaps = np.asarray(jax.device_get(gaps), np.float64)
             curves[panel]["gaps"][method] = gaps
+            idx = curve_points(gaps.shape[1], config.plot_points)
+            metric = f"{mode}/beta_{beta:g}/{method}/gap"
+            logged[metric] = np.mean(gaps, axis=0)[idx]
+            logged_steps[metric] = idx * curves[panel]["stride"]
             summary = summarise(gaps, config.threshold)
             if mode == "sampled" and summary["steps_to_threshold"] is not None:
                 summary["steps_to_threshold"] *= config.record_every
@@ -355,6 +367,7 @@ def run(config: Config, workdir: pathlib.Path) -> dict:
         mode: {name: bool(v["egpo"] < config.threshold) for name, v in by_beta.items()}
         for mode, by_beta in egpo.items()
     }
+    experiment.log_curves(workdir, logged, steps=logged_steps)
     plots = plot(curves, config, workdir)
     body = "\n".join(
         [

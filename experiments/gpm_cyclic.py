@@ -16,7 +16,8 @@ minus its minimum feedback arc set, computed exactly here by dynamic programming
 the half circle after ``i``), and a few dimensions fit a random tournament.
 
 Run: ``python experiments/gpm_cyclic.py --workdir runs/gpm_cyclic [--small]
-[--set tournament=rotational]``.
+[--set tournament=rotational]``. Both training-loss curves (mean over seeds, per Adam step)
+go to ``metrics.jsonl`` and TensorBoard as ``bt/loss`` and ``gpm/loss``.
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def run(config: Config, workdir: pathlib.Path) -> dict:
     num_pairs = len(winners)
     bound = best_order_agreement(beats) / num_pairs
     fitted = train_models(config, winners, losers)
+    experiment.log_curves(workdir, {"bt/loss": fitted["bt_curve"], "gpm/loss": fitted["gpm_curve"]})
     bt_accuracy = float(np.mean(fitted["bt_accuracy_per_seed"]))
     gpm_accuracy = float(np.mean(fitted["gpm_accuracy_per_seed"]))
     results = {

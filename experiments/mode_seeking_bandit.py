@@ -34,6 +34,8 @@ maximum-likelihood ones. A control with the reward peak at the reference's inter
 (token 20, the paper's ``reward_5``) runs too.
 
 Run: ``python experiments/mode_seeking_bandit.py --workdir runs/mode_seeking_bandit [--small]``.
+The expected-reward curves (mean over seeds, per update) go to ``metrics.jsonl`` and
+TensorBoard as ``{main,control}/{objective}/expected_reward``.
 """
 
 from __future__ import annotations
@@ -251,6 +253,15 @@ def run(config: Config, workdir: pathlib.Path) -> dict:
     for name, peak in peaks.items():
         key, sub = jax.random.split(key)
         settings[name] = {"peak": peak, **run_setting(config, peak, sub)}
+
+    experiment.log_curves(
+        workdir,
+        {
+            f"{name}/{method}/expected_reward": m["curve"]
+            for name, setting in settings.items()
+            for method, m in setting["methods"].items()
+        },
+    )
 
     def strip(setting):
         return {m: v["steps_to_threshold"] for m, v in setting["methods"].items()}

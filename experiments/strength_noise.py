@@ -23,7 +23,9 @@ The paper flips its lowest-strength 20% of HH-RLHF pairs (where ``μ̂ < 0``); h
 threshold is ``μ̂ < 0`` by default (``flip_below``), i.e. pairs the ensemble disagrees with.
 The paper does not give ``α``; ``soft_label`` sets it.
 
-Run: ``python experiments/strength_noise.py --workdir runs/strength_noise [--small]``.
+Run: ``python experiments/strength_noise.py --workdir runs/strength_noise [--small]``. The
+training-loss curves (mean over the vmapped models, per Adam step) go to ``metrics.jsonl`` and
+TensorBoard as ``clean/bt/loss``, ``noise_{ρ}/ensemble/loss`` and ``noise_{ρ}/{recipe}/loss``.
 """
 
 from __future__ import annotations
@@ -156,7 +158,10 @@ def recipe_options(recipe: str, config: Config) -> dict:
 
 
 def train_models(config: Config, recipe: str, keys, pairs, strength):
-    """``len(keys)`` reward models of one recipe (vmapped over initialisation/data order)."""
+    """``len(keys)`` reward models of one recipe (vmapped over initialisation/data order).
+
+    Returns the stacked parameters and the training losses ``[len(keys), epochs * batches]``.
+    """
     options = recipe_options(recipe, config)
     margin = options.pop("adaptive_margin")
     options = {k: jnp.float32(v) for k, v in options.items()}
@@ -171,7 +176,7 @@ def _train_models(config: Config, adaptive_margin: bool, keys, pairs, strength, 
 
 
 def _train_one(config: Config, adaptive_margin: bool, key, pairs, strength, options):
-    """One reward model: ``epochs`` of minibatch Adam in a seed-dependent data order."""
+    """One reward model and its ``[epochs * batches]`` losses: minibatch Adam, seeded order."""
     k_init, k_order = jax.random.split(key)
     params = init_mlp(config, k_init)
     optimizer = optax.adam(config.learning_rate)
@@ -188,15 +193,15 @@ def _train_one(config: Config, adaptive_margin: bool, key, pairs, strength, opti
 
         def step(carry, idx):
             params, state = carry
-            grads = jax.grad(loss_fn)(params, pairs[idx], strength[idx])
+            loss, grads = jax.value_and_grad(loss_fn)(params, pairs[idx], strength[idx])
             updates, state = optimizer.update(grads, state)
-            return (optax.apply_updates(params, updates), state), None
+            return (optax.apply_updates(params, updates), state), loss
 
-        return jax.lax.scan(step, carry, order)[0], None
+        return jax.lax.scan(step, carry, order)
 
     carry = (params, optimizer.init(params))
-    (params, _), _ = jax.lax.scan(epoch, carry, jax.random.split(k_order, config.epochs))
-    return params
+    (params, _), curve = jax.lax.scan(epoch, carry, jax.random.split(k_order, config.epochs))
+    return params, curve.reshape(-1)
 
 
 def accuracy(params, pairs) -> jax.Array:
@@ -204,13 +209,15 @@ def accuracy(params, pairs) -> jax.Array:
     return jnp.mean(rewards[:, 0] > rewards[:, 1])
 
 
-def run_noise_level(config: Config, rate: float, train_pairs, test_pairs, key) -> dict:
+def run_noise_level(config: Config, rate: float, train_pairs, test_pairs, key):
+    """The ensemble's strength and every recipe at one noise rate; returns (out, loss curves)."""
     k_noise, k_ens, k_rec = jax.random.split(key, 3)
     noisy, flipped = inject_noise(train_pairs, rate, k_noise)
     zeros = jnp.zeros(config.num_train)
-    members = train_models(
+    members, member_losses = train_models(
         config, "bt", jax.random.split(k_ens, config.ensemble_size), noisy, zeros
     )
+    curves = {f"noise_{rate:g}/ensemble/loss": np.mean(member_losses, axis=0)}
     rewards = jax.vmap(reward_model, (0, None))(members, noisy)  # [M, n, 2]
     differences = rewards[..., 0] - rewards[..., 1]
     member_acc = jax.vmap(accuracy, (0, None))(members, test_pairs)
@@ -228,11 +235,12 @@ def run_noise_level(config: Config, rate: float, train_pairs, test_pairs, key) -
     }
     seeds = jax.random.split(k_rec, config.num_seeds)
     for recipe in config.recipes:
-        models = train_models(config, recipe, seeds, noisy, mu)
+        models, recipe_losses = train_models(config, recipe, seeds, noisy, mu)
+        curves[f"noise_{rate:g}/{recipe}/loss"] = np.mean(recipe_losses, axis=0)
         acc = jax.vmap(accuracy, (0, None))(models, test_pairs)
         out["accuracy"][recipe] = float(jnp.mean(acc))
         out.setdefault("accuracy_std", {})[recipe] = float(jnp.std(acc))
-    return out
+    return out, curves
 
 
 def plot(per_noise: dict, config: Config, workdir: pathlib.Path) -> list[str]:
@@ -261,14 +269,17 @@ def run(config: Config, workdir: pathlib.Path) -> dict:
     train_pairs, test_pairs = make_data(config, k_data)
     zeros = jnp.zeros(config.num_train)
     key, k_clean = jax.random.split(key)
-    clean_models = train_models(
+    clean_models, clean_losses = train_models(
         config, "bt", jax.random.split(k_clean, config.num_seeds), train_pairs, zeros
     )
     clean = jax.vmap(accuracy, (0, None))(clean_models, test_pairs)
+    curves = {"clean/bt/loss": np.mean(clean_losses, axis=0)}
     per_noise = {}
     for rate in config.noise_levels:
         key, sub = jax.random.split(key)
-        per_noise[rate] = run_noise_level(config, rate, train_pairs, test_pairs, sub)
+        per_noise[rate], noise_curves = run_noise_level(config, rate, train_pairs, test_pairs, sub)
+        curves.update(noise_curves)
+    experiment.log_curves(workdir, curves)
     results = {
         "clean_label_bt_accuracy": float(jnp.mean(clean)),
         "accuracy": {f"{rate:g}": v["accuracy"] for rate, v in per_noise.items()},

@@ -11,7 +11,8 @@ Run: ``python experiments/tabular_dpo.py --workdir runs/tabular_dpo [--small]`` 
 seconds on CPU), with overrides such as ``--set beta=0.1``, ``--set steps=1000`` or
 ``--set "objectives=('dpo', 'ipo')"``. ``results.json`` has ``reference_expected_reward``,
 ``best_action_reward`` and, per objective, ``expected_reward``, ``kl_from_reference``,
-``implicit_reward_correlation``, ``ranking_accuracy`` and ``final_loss``.
+``implicit_reward_correlation``, ``ranking_accuracy`` and ``final_loss``; ``metrics.jsonl``
+and TensorBoard have each objective's training loss per step (``{objective}/loss``).
 """
 
 from __future__ import annotations
@@ -84,8 +85,13 @@ def make_problem(config: Config):
     return ref_logits, reward, chosen, rejected, p_first
 
 
-def train(config: Config, objective: str, problem) -> tuple[dict[str, float], jax.Array]:
-    """Trains the logits with ``objective``; returns its metrics and the final log-ratio."""
+def train(
+    config: Config, objective: str, problem
+) -> tuple[dict[str, float], jax.Array, np.ndarray]:
+    """Trains the logits with ``objective``.
+
+    Returns its metrics, the final log-ratio and the loss before each step ``[steps]``.
+    """
     ref_logits, reward, chosen, rejected, _ = problem
     loss_fn = losses.get(objective)
     ref_logp = jax.nn.log_softmax(ref_logits)
@@ -118,8 +124,10 @@ def train(config: Config, objective: str, problem) -> tuple[dict[str, float], ja
         return optax.apply_updates(logits, updates), opt_state, value
 
     logits, opt_state = ref_logits, optimizer.init(ref_logits)
+    curve = []
     for _ in range(config.steps):
         logits, opt_state, value = step(logits, opt_state)
+        curve.append(value)
     policy = jax.nn.softmax(logits)
     logp = jax.nn.log_softmax(logits)
     log_ratio = logp - ref_logp
@@ -133,7 +141,7 @@ def train(config: Config, objective: str, problem) -> tuple[dict[str, float], ja
             metrics.ranking_accuracy(logp[chosen], logp[rejected], where=distinct)
         ),
     }
-    return result, log_ratio
+    return result, log_ratio, np.asarray(jax.device_get(curve), np.float64)
 
 
 def plot(config: Config, reward, log_ratios: Mapping[str, jax.Array], results, workdir) -> list:
@@ -164,9 +172,10 @@ def run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
     problem = make_problem(config)
     ref_logits, reward = problem[0], problem[1]
     reference_reward = float(jax.nn.softmax(ref_logits) @ reward)
-    results, log_ratios = {}, {}
+    results, log_ratios, curves = {}, {}, {}
     for name in config.objectives:
-        results[name], log_ratios[name] = train(config, name, problem)
+        results[name], log_ratios[name], curves[f"{name}/loss"] = train(config, name, problem)
+    experiment.log_curves(workdir, curves)
     report = {
         "config": dataclasses.asdict(config),
         "reference_expected_reward": reference_reward,

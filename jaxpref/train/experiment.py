@@ -8,8 +8,11 @@ headline numbers, then calls :func:`main`. The command line is the same for all 
 
 and every run leaves in its workdir: ``config.json``, ``results.json`` (the headline numbers
 plus ``seconds``), ``summary.md`` (a table and the plots, readable on its own) and the PNG
-plots the script made (:func:`save_plot`). Training runs add ``metrics.jsonl``, TensorBoard
-events and checkpoints through :func:`jaxpref.train.train`.
+plots the script made (:func:`save_plot`). Every run also leaves its per-step scalars in
+``metrics.jsonl`` (read back by :func:`jaxpref.train.read_metrics`) and TensorBoard events
+under ``tensorboard/``: runs that train with :func:`jaxpref.train.train` get them (and
+checkpoints) from the engine, and scripts that train in their own jitted loops write their
+curves with :func:`log_curves`.
 """
 
 from __future__ import annotations
@@ -18,15 +21,22 @@ import argparse
 import json
 import logging
 import pathlib
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from jaxpref.train.config import apply_overrides, to_dict
 from jaxpref.train.mesh import maybe_initialize_distributed
+from jaxpref.train.metric_logging import MetricLogger
 
 #: Libraries whose INFO logging an experiment run shows only from WARNING up.
 QUIET_LOGGERS = ("absl", "orbax", "jax", "jaxlib")
+
+# The characters TensorBoard keeps in a tag (tensorboardX rewrites any other as "_").
+_METRIC_NAME = re.compile(r"[\w.-][\w./-]*")
 
 
 def save_plot(figure: Any, workdir: str | pathlib.Path, name: str) -> pathlib.Path:
@@ -67,6 +77,59 @@ def write_report(
     parts = [f"# {title}", "", body.strip(), ""]
     parts += [f"![{name}]({name}.png)\n" for name in plots]
     (workdir / "summary.md").write_text("\n".join(parts).strip() + "\n")
+
+
+def log_curves(
+    workdir: str | pathlib.Path,
+    curves: Mapping[str, Sequence[float]],
+    *,
+    steps: Mapping[str, Sequence[int]] | None = None,
+    tensorboard: bool = True,
+) -> None:
+    """Writes per-step curves to ``workdir/metrics.jsonl`` and TensorBoard events.
+
+    One :class:`~jaxpref.train.metric_logging.MetricLogger` record per step: the record of
+    step ``s`` holds every curve that has a value at ``s``, so curves of different lengths
+    share one file. A curve's steps are the positions of its values unless ``steps`` gives
+    them (e.g. a curve recorded every 50 updates, or subsampled for the plot). The file is
+    rewritten, not appended to: call this once per run, with all its curves. Names are
+    limited to the characters TensorBoard keeps in a tag (letters, digits, ``_ . - /``), so
+    that both files use the same name.
+
+    Args:
+      workdir: the run directory.
+      curves: metric name (e.g. ``"egpo/beta_0.1/gap"``) -> ``[num_points]`` values.
+      steps: metric name -> ``[num_points]`` step numbers, for the curves not indexed by
+        position.
+      tensorboard: also write TensorBoard events under ``workdir/tensorboard``.
+
+    Example:
+      >>> import tempfile
+      >>> from jaxpref.train import read_metrics
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     log_curves(d, {"a/loss": [0.5, 0.25], "b/loss": [1.0]}, tensorboard=False)
+      ...     read_metrics(d)
+      [{'step': 0, 'a/loss': 0.5, 'b/loss': 1.0}, {'step': 1, 'a/loss': 0.25}]
+    """
+    steps = steps or {}
+    unknown = set(steps) - set(curves)
+    if unknown:
+        raise ValueError(f"steps given for unknown curves {sorted(unknown)}")
+    records: dict[int, dict[str, float]] = {}
+    for name, values in curves.items():
+        if not _METRIC_NAME.fullmatch(name):
+            raise ValueError(f"metric name {name!r}: use letters, digits and _ . - / only")
+        values = np.asarray(values, np.float64)
+        if values.ndim != 1:
+            raise ValueError(f"curve {name!r} must be 1-D; got shape {values.shape}")
+        at = np.asarray(steps.get(name, np.arange(len(values))))
+        if at.shape != values.shape:
+            raise ValueError(f"curve {name!r} has {len(values)} values but {at.size} steps")
+        for step, value in zip(at.tolist(), values.tolist(), strict=True):
+            records.setdefault(int(step), {})[name] = value
+    with MetricLogger(workdir, tensorboard=tensorboard) as logger:
+        for step in sorted(records):
+            logger.write_scalars(step, records[step])
 
 
 def main(

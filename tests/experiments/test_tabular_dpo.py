@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from jaxpref.train import read_metrics
+
 from .scripts import load_script, run_script
 
 
@@ -23,6 +25,12 @@ def test_small_config_through_the_command_line(tmp_path):
     assert dpo["expected_reward"] > base + 0.5
     # IPO's bounded target keeps it closer to the reference than DPO.
     assert objectives["ipo"]["kl_from_reference"] < dpo["kl_from_reference"]
+    # Every objective's loss per step, in metrics.jsonl and TensorBoard.
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == list(range(results["config"]["steps"]))
+    assert all(f"{name}/loss" in r for r in records for name in objectives)
+    assert records[-1]["dpo/loss"] == pytest.approx(dpo["final_loss"])
+    assert any((tmp_path / "tensorboard").iterdir())
 
 
 def test_overrides_and_refusals(tmp_path):

@@ -2,7 +2,8 @@
 the qualitative result its summary claims.
 
 Each test calls the script's ``main`` in-process (``--workdir DIR --small``), as the command line
-does, and checks ``results.json`` for the headline keys and only the robust part of the result.
+does, and checks ``results.json`` for the headline keys and only the robust part of the result,
+and that the training curves are in ``metrics.jsonl`` and TensorBoard.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import pathlib
 import numpy as np
 import pytest
 
-from jaxpref.train import experiment
+from jaxpref.train import experiment, read_metrics
 
 from .scripts import load_script
 
 
-def run_small(name: str, workdir: pathlib.Path) -> dict:
+def run_small(name: str, workdir: pathlib.Path, curves: tuple[str, ...] = ()) -> dict:
+    """Runs the small config; checks the reports and that ``metrics.jsonl`` has ``curves``."""
     module = load_script(name)
     experiment.main(module.Config(), module.run, argv=["--workdir", str(workdir), "--small"])
     results = json.loads((workdir / "results.json").read_text())
@@ -27,12 +29,16 @@ def run_small(name: str, workdir: pathlib.Path) -> dict:
     assert "seconds" in results and (workdir / "config.json").exists()
     for image in [line.split("(")[1].rstrip(")") for line in summary.splitlines() if "![" in line]:
         assert (workdir / image).stat().st_size > 0
+    records = read_metrics(workdir)
+    assert records and any((workdir / "tensorboard").iterdir())
+    for curve in curves:
+        assert any(curve in r for r in records), curve
     return results
 
 
 @pytest.mark.slow
 def test_gpm_cyclic(tmp_path):
-    results = run_small("gpm_cyclic", tmp_path)
+    results = run_small("gpm_cyclic", tmp_path, curves=("bt/loss", "gpm/loss"))
     assert results["gpm_accuracy"] >= 0.98
     assert results["bt_bound"] < 1.0  # the tournament is intransitive
     assert results["bt_accuracy"] <= results["bt_bound"] + 1e-9
@@ -56,7 +62,8 @@ def test_gpm_cyclic_bound_is_exact():
 
 @pytest.mark.slow
 def test_egpo_tabular(tmp_path):
-    results = run_small("egpo_tabular", tmp_path)
+    curves = ("exact/beta_0.1/egpo/gap", "sampled/beta_0.1/nash_md/gap")
+    results = run_small("egpo_tabular", tmp_path, curves=curves)
     final, initial = results["final_gap"], results["initial_gap"]
     for mode in ("exact", "sampled"):
         for by_method in final[mode].values():
@@ -72,7 +79,7 @@ def test_egpo_tabular(tmp_path):
 
 @pytest.mark.slow
 def test_mode_seeking_bandit(tmp_path):
-    results = run_small("mode_seeking_bandit", tmp_path)
+    results = run_small("mode_seeking_bandit", tmp_path, curves=("main/reinforce/expected_reward",))
     steps = results["steps_to_threshold"]
     assert set(steps) == {
         "reinforce",
@@ -91,7 +98,8 @@ def test_mode_seeking_bandit(tmp_path):
 
 @pytest.mark.slow
 def test_strength_noise(tmp_path):
-    results = run_small("strength_noise", tmp_path)
+    curves = ("clean/bt/loss", "noise_0.4/ensemble/loss", "noise_0.4/flip_margin/loss")
+    results = run_small("strength_noise", tmp_path, curves=curves)
     accuracy = results["accuracy"]["0.4"]
     assert set(accuracy) == {"bt", "flip", "margin", "flip_margin", "soft_label_margin"}
     for recipe in ("flip", "margin", "flip_margin", "soft_label_margin"):
