@@ -11,8 +11,9 @@ plus ``seconds``), ``summary.md`` (a table and the plots, readable on its own) a
 plots the script made (:func:`save_plot`). Every run also leaves its per-step scalars in
 ``metrics.jsonl`` (read back by :func:`jaxpref.train.read_metrics`) and TensorBoard events
 under ``tensorboard/``: runs that train with :func:`jaxpref.train.train` get them (and
-checkpoints) from the engine, and scripts that train in their own jitted loops write their
-curves with :func:`log_curves`.
+checkpoints) from the engine, in the workdir it is given (the scripts give each training
+phase a subdirectory), and scripts that train in their own jitted loops write their curves
+to the workdir itself with :func:`log_curves`.
 """
 
 from __future__ import annotations
