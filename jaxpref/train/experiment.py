@@ -34,7 +34,7 @@ from jaxpref.train.mesh import maybe_initialize_distributed
 from jaxpref.train.metric_logging import MetricLogger
 
 #: Libraries whose INFO logging an experiment run shows only from WARNING up.
-QUIET_LOGGERS = ("absl", "orbax", "jax", "jaxlib")
+QUIET_LOGGERS = ("absl", "orbax", "jax", "jaxlib", "tensorboardX")
 
 # The characters TensorBoard keeps in a tag (tensorboardX rewrites any other as "_").
 _METRIC_NAME = re.compile(r"[\w.-][\w./-]*")
