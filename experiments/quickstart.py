@@ -65,24 +65,13 @@ from jaxpref import losses
 from jaxpref.models import Transformer
 from jaxpref.tasks import arithmetic, judged
 from jaxpref.train import Objective, TrainConfig, read_metrics, train
-from jaxpref.train.experiment import main, markdown_table, save_plot, write_report
+from jaxpref.train.experiment import Phase, main, markdown_table, save_plot, write_report
 
 log = logging.getLogger("quickstart")
 
 #: Held-out problems whose greedy answers summary.md shows.
 SHOWN = 8
 FAMILIES = {"pairwise": judged.preference_pairs, "listwise": judged.ranked_lists}
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """The optimisation of one training phase (other TrainConfig fields: engine defaults)."""
-
-    num_steps: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int = 0
-    schedule: str = "constant"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,24 +70,13 @@ from jaxpref.models.tokenizer import load_tokenizer
 from jaxpref.tasks import instructions
 from jaxpref.tasks.judged import tokenized_example
 from jaxpref.train import Objective, TrainConfig, read_metrics, train
-from jaxpref.train.experiment import main, markdown_table, save_plot, write_report
+from jaxpref.train.experiment import Phase, main, markdown_table, save_plot, write_report
 
 log = logging.getLogger("smollm2_dpo")
 
 PROMPTS = pathlib.Path(__file__).resolve().parent / "data" / "smollm2_prompts.jsonl"
 #: Held-out prompts whose greedy replies summary.md shows (one or two of each kind).
 SHOWN = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """The DPO run's optimisation (other TrainConfig fields: engine defaults)."""
-
-    num_steps: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int = 0
-    schedule: str = "constant"
 
 
 @dataclasses.dataclass(frozen=True)

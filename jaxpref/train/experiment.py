@@ -19,6 +19,7 @@ to the workdir itself with :func:`log_curves`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import pathlib
@@ -38,6 +39,24 @@ QUIET_LOGGERS = ("absl", "orbax", "jax", "jaxlib", "tensorboardX")
 
 # The characters TensorBoard keeps in a tag (tensorboardX rewrites any other as "_").
 _METRIC_NAME = re.compile(r"[\w.-][\w./-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """The optimisation of one training phase of an experiment.
+
+    The :class:`~jaxpref.train.TrainConfig` fields an experiment tunes per phase; the other
+    fields come from the experiment or the engine's defaults
+    (``TrainConfig(**dataclasses.asdict(phase), ...)``). A ``--set`` override may give a
+    whole phase as a dict (``--set sft={'num_steps': 10, 'batch_size': 8, ...}``); configs
+    convert it with ``Phase(**value)``.
+    """
+
+    num_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int = 0
+    schedule: str = "constant"
 
 
 def save_plot(figure: Any, workdir: str | pathlib.Path, name: str) -> pathlib.Path:
