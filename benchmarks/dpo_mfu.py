@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _batches import random_item_batch
+from _common import random_item_batch
 
 try:
     from jaxpref import models

@@ -76,7 +76,7 @@ LEARNING_RATE = 1e-5
 
 def _synthetic_batch(cfg: dict, seed: int = 0) -> dict:
     """Pairs in jaxpref's batch layout (``[B, 2, T]``): prompt then response, no padding."""
-    from _batches import random_item_batch
+    from _common import random_item_batch
 
     return random_item_batch(
         cfg["vocab"], cfg["pairs"], 2, cfg["prompt"], cfg["response"], seed=seed
@@ -110,16 +110,9 @@ def run_jaxpref(cfg: dict, variant: str, steps: int, warmup: int, seed: int = 0)
         from jaxpref.train import objectives, sharded
         from jaxpref.train import step as train_step
 
-    config = models.TransformerConfig(
-        vocab_size=cfg["vocab"],
-        d_model=cfg["d_model"],
-        num_layers=cfg["layers"],
-        num_heads=cfg["heads"],
-        num_kv_heads=cfg["heads"],
-        mlp_dim=cfg["mlp"],
-        max_position_embeddings=max(2048, cfg["prompt"] + cfg["response"]),
-        remat="full" if variant == "remat" else "none",
-    )
+    from _common import model_config
+
+    config = model_config(cfg, remat="full" if variant == "remat" else "none")
     objective = objectives.Objective("dpo", {"beta": BETA})
     optimizer = optax.chain(
         optax.clip_by_global_norm(1.0), optax.adamw(LEARNING_RATE, weight_decay=0.0)
@@ -255,21 +248,6 @@ def _run(tool: str, variant: str, cfg: dict, args) -> dict:
     }
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            names = [line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    try:
-        ram = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError, AttributeError):
-        ram = ""
-    return f"{cpu}, {os.cpu_count()} CPUs{ram}, {platform.platform()}"
-
-
 def _quartiles(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return values[0], values[0]
@@ -290,7 +268,9 @@ def _report(results: list[dict], cfg: dict, args, started: float, loads: list[fl
     base = medians.get(("jaxpref", "default"))
     print(f"Command: `{shlex.join(['python', *sys.argv])}`")
     print(f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
-    print(f"Machine: {_machine()}")
+    from _common import machine_description
+
+    print(f"Machine: {machine_description()}")
     print(
         f"Load average (1 min) before each run: min {min(loads):.2f}, "
         f"median {statistics.median(loads):.2f}, max {max(loads):.2f}"

@@ -117,25 +117,18 @@ def objective_table(ks, lists: int, repeats: int) -> None:
 
 
 def _model(cfg: dict, seed: int = 0):
+    from _common import model_config
     from flax import nnx
 
     from jaxpref import models
 
-    config = models.TransformerConfig(
-        vocab_size=cfg["vocab"],
-        d_model=cfg["d_model"],
-        num_layers=cfg["layers"],
-        num_heads=cfg["heads"],
-        num_kv_heads=cfg["heads"],
-        mlp_dim=cfg["mlp"],
-        max_position_embeddings=2048,
-    )
+    config = model_config(cfg, max_position_embeddings=2048)
     return models.Transformer(config, rngs=nnx.Rngs(seed))
 
 
 def _list_batch(cfg: dict, lists: int, k: int, seed: int = 0) -> dict:
     import numpy as np
-    from _batches import random_item_batch
+    from _common import random_item_batch
 
     batch = random_item_batch(cfg["vocab"], lists, k, cfg["prompt"], cfg["response"], seed=seed)
     rng = np.random.default_rng(seed + 1)
@@ -287,7 +280,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "benchmarks"))
     import jax
-    from dpo_step import _machine
+    from _common import machine_description
 
     ks = [2, 4, 8] if args.small else [2, 4, 8, 16, 32, 64]
     tables = set(args.tables.split(","))
@@ -295,7 +288,8 @@ def main() -> None:
     print(f"Command: `python {' '.join(sys.argv)}`")
     print(f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s)")
-    print(f"Machine: {_machine()}; load average (1 min) at start {os.getloadavg()[0]:.2f}")
+    load = os.getloadavg()[0]
+    print(f"Machine: {machine_description()}; load average (1 min) at start {load:.2f}")
     print()
     if "1" in tables:
         objective_table(ks, lists=256 if args.small else 4096, repeats=5 if args.small else 20)

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +43,9 @@ try:
 except ImportError:  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from jaxpref.logprobs import sequence_logps, sequence_logps_from_hidden
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_description
 
 BETA = 0.1
 MIB = 2**20
@@ -149,21 +150,10 @@ def main() -> None:
     batch = 1
 
     device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:  # Linux: platform.processor() is often empty; the model name is in /proc/cpuinfo
-        with open("/proc/cpuinfo") as cpuinfo:
-            names = [line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    try:
-        ram = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError, AttributeError):
-        ram = ""
     print(f"Command: `python {' '.join(sys.argv)}`")
     print(f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
     print(f"jax {jax.__version__}, backend {jax.default_backend()} ({device.device_kind})")
-    print(f"Machine: {cpu}, {os.cpu_count()} CPUs{ram}, {platform.platform()}")
+    print(f"Machine: {machine_description()}")
     print(
         f"Gradient of the DPO loss wrt (hidden, unembedding); float32; batch {batch} pair "
         f"(hidden [{batch}, 2, seq, {d_model}]); XLA compiled temp memory (compile only)."

@@ -72,17 +72,10 @@ def run_layout(cfg: dict, mesh_shape, preset, steps: int) -> dict:
     from jaxpref.train.mesh import make_mesh
 
     sys.path.insert(0, str(REPO / "benchmarks"))
+    from _common import model_config
     from dpo_step import BETA, LEARNING_RATE, _synthetic_batch
 
-    config = models.TransformerConfig(
-        vocab_size=cfg["vocab"],
-        d_model=cfg["d_model"],
-        num_layers=cfg["layers"],
-        num_heads=cfg["heads"],
-        num_kv_heads=cfg["heads"],
-        mlp_dim=cfg["mlp"],
-        max_position_embeddings=max(2048, cfg["prompt"] + cfg["response"]),
-    )
+    config = model_config(cfg)
     model = models.Transformer(config, rngs=nnx.Rngs(0))
     mesh = None
     if mesh_shape is not None:
@@ -172,7 +165,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "benchmarks"))
     import jax
-    from dpo_step import FULL, SMALL, _machine
+    from _common import machine_description
+    from dpo_step import FULL, SMALL
 
     cfg = dict(SMALL if args.small else FULL)
     if args.small:
@@ -181,7 +175,8 @@ def main() -> None:
     print(f"Command: `python {' '.join(sys.argv)}`")
     print(f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
     print(f"jax {jax.__version__}, {jax.device_count()} emulated CPU devices")
-    print(f"Machine: {_machine()}; load average (1 min) at start {os.getloadavg()[0]:.2f}")
+    load = os.getloadavg()[0]
+    print(f"Machine: {machine_description()}; load average (1 min) at start {load:.2f}")
     print(
         f"Model: {cfg['layers']} layers, d_model {cfg['d_model']}, MLP {cfg['mlp']}, "
         f"{cfg['heads']} heads, vocab {cfg['vocab']:,}; {cfg['pairs']} pairs x "

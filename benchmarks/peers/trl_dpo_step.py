@@ -33,7 +33,6 @@ Prints one line ``RESULT {json}`` for the driver.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import json
@@ -42,24 +41,13 @@ import platform
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cli import peer_parser
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--variant", default="default", choices=["default", "grad_ckpt", "precomputed"]
-    )
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--mlp", type=int, default=688)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--response", type=int, default=192)
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
+    parser = peer_parser(__doc__.splitlines()[0], ["default", "grad_ckpt", "precomputed"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
