@@ -173,32 +173,18 @@ def sampled_step(method: str, beta: float, lr: float, eta: float):
         )
         return logits - lr * grads
 
-    if method == "online_ipo":
+    if method in ("online_ipo", "nash_md"):
+        # Online IPO's opponent is sampled from the policy, Nash-MD's from the geometric
+        # mixture of policy and reference with weight ηβ.
+        loss = losses.online_ipo_omd if method == "online_ipo" else losses.nash_md
 
         def step(logits, uniforms, preference, log_ref):
-            y, y_other, opp = _pairs(uniforms[0], logits)
-            return sgd_step(
-                losses.online_ipo_omd,
-                logits,
-                log_ref,
-                y,
-                y_other,
-                *targets(preference, y, y_other, opp),
-            )
-
-    elif method == "nash_md":
-
-        def step(logits, uniforms, preference, log_ref):
-            mixture = (1.0 - eta * beta) * jax.nn.log_softmax(logits) + eta * beta * log_ref
-            y, y_other, opp = _pairs(uniforms[0], mixture)
-            return sgd_step(
-                losses.nash_md,
-                logits,
-                log_ref,
-                y,
-                y_other,
-                *targets(preference, y, y_other, opp),
-            )
+            opponent = logits
+            if method == "nash_md":
+                opponent = losses.geometric_mixture(logits, log_ref, mixture=eta * beta)
+            y, y_other, opp = _pairs(uniforms[0], opponent)
+            wins = targets(preference, y, y_other, opp)
+            return sgd_step(loss, logits, log_ref, y, y_other, *wins)
 
     elif method == "egpo":
 
