@@ -68,7 +68,7 @@ from jaxpref import losses, models
 from jaxpref.models.gguf import read_gguf, smollm2_gguf_path
 from jaxpref.models.tokenizer import load_tokenizer
 from jaxpref.tasks import instructions
-from jaxpref.tasks.judged import tokenized_example
+from jaxpref.tasks.judged import best_and_worst, tokenized_example
 from jaxpref.train import Objective, TrainConfig, read_metrics, train
 from jaxpref.train.experiment import Phase, main, markdown_table, save_plot, write_report
 
@@ -220,29 +220,24 @@ def reply(
 
 def best_vs_worst(ids: Sequence[np.ndarray], replies: Replies) -> tuple[list[Any], dict[str, Any]]:
     """Per prompt, its highest-credit reply over its lowest-credit one (ties skipped)."""
-    examples = []
-    ties = all_pass = 0
-    for i, credit in enumerate(replies.credit):
-        best, worst = int(np.argmax(credit)), int(np.argmin(credit))
-        if credit[best] - credit[worst] < 1e-6:
-            ties += 1
-            all_pass += bool(replies.passed[i].all())
-            continue
-        examples.append(
-            tokenized_example(
-                "pairwise",
-                ids[i],
-                [replies.tokens[i][best], replies.tokens[i][worst]],
-                strength=None,
-                margin=None,
-                scores=(float(credit[best]), float(credit[worst])),
-            )
+    credit = replies.credit
+    best, worst, kept = best_and_worst(credit)
+    examples = [
+        tokenized_example(
+            "pairwise",
+            ids[i],
+            [replies.tokens[i][best[i]], replies.tokens[i][worst[i]]],
+            strength=None,
+            margin=None,
+            scores=(float(credit[i, best[i]]), float(credit[i, worst[i]])),
         )
+        for i in np.flatnonzero(kept)
+    ]
     stats = {
-        "prompts": len(replies.credit),
+        "prompts": len(credit),
         "pairs": len(examples),
-        "ties": ties,
-        "ties_all_pass": all_pass,
+        "ties": int((~kept).sum()),
+        "ties_all_pass": int((~kept & replies.passed.all(-1)).sum()),
         "sample_pass_rate": round(100 * float(replies.passed.mean()), 2),
         "sample_credit": round(100 * float(replies.credit.mean()), 2),
     }

@@ -29,6 +29,7 @@ __all__ = [
     "PairStats",
     "Samples",
     "Task",
+    "best_and_worst",
     "evaluate",
     "preference_pairs",
     "ranked_lists",
@@ -227,6 +228,20 @@ def _response(samples: Samples, i: int, k: int) -> np.ndarray:
     return samples.tokens[i, k][samples.mask[i, k]]
 
 
+def best_and_worst(
+    credit: np.ndarray, *, min_gap: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``credit [n, K]``: the best and worst sample and whether they form a pair.
+
+    Returns ``(best, worst, kept)``, each ``[n]``: the first highest- and first lowest-credit
+    sample, and ``kept`` False where their credits differ by less than ``min_gap`` (a tie).
+    """
+    credit = np.asarray(credit)
+    best, worst = credit.argmax(-1), credit.argmin(-1)
+    rows = np.arange(len(credit))
+    return best, worst, credit[rows, best] - credit[rows, worst] >= min_gap
+
+
 def preference_pairs(
     task: Task, samples: Samples, *, min_gap: float = 1e-6
 ) -> tuple[list[TokenizedExample], PairStats]:
@@ -236,9 +251,7 @@ def preference_pairs(
     tie, counted in the stats). Features carry ``scores = (best, worst)`` credits.
     """
     credit = samples.judgement.credit
-    best, worst = credit.argmax(-1), credit.argmin(-1)
-    rows = np.arange(len(credit))
-    kept = credit[rows, best] - credit[rows, worst] >= min_gap
+    best, worst, kept = best_and_worst(credit, min_gap=min_gap)
     prompts = task.prompts(samples.problems)
     examples = [
         tokenized_example(

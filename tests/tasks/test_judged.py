@@ -100,3 +100,18 @@ def test_sampling_compiles_once_per_batch_size():
         progress=False,
     )
     assert sampling_module._generate._cache_size() == size
+
+
+def test_best_and_worst_picks_first_extremes_and_flags_ties():
+    credit = np.array(
+        [
+            [0.2, 0.9, 0.9, 0.1],  # best: first of the two 0.9s; worst: the 0.1
+            [0.5, 0.5, 0.5, 0.5],  # all tie
+            [0.3, 0.3 + 1e-7, 0.3, 0.3],  # a gap below min_gap is a tie
+            [1.0, 0.0, 0.4, 0.0],
+        ]
+    )
+    best, worst, kept = J.best_and_worst(credit, min_gap=1e-6)
+    assert best.tolist() == [1, 0, 1, 0] and worst.tolist() == [3, 0, 0, 1]
+    assert kept.tolist() == [True, False, False, True]
+    assert J.best_and_worst(credit, min_gap=1e-8)[2].tolist() == [True, False, True, True]
